@@ -1,0 +1,96 @@
+"""Top-1/top-5 of a classifier on real images, optionally beside its teacher in the same pass."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class EvalResult:
+    """Accuracies in percent. The teacher fields are set when a teacher was evaluated alongside."""
+
+    top1: float
+    top5: float
+    num_images: int
+    seconds: float
+    teacher_top1: float | None = None
+    teacher_top5: float | None = None
+    agreement: float | None = None  # % of images where model and teacher predict the same class
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _correct_topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[int, int]:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices  # (B, k)
+    hits = top.eq(labels[:, None])
+    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    teacher: nn.Module | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalResult:
+    """Evaluate `model` on (images, labels) batches; with `teacher`, also the teacher and the top-1
+    agreement between the two, on the same images in the same pass.
+
+    Both models are put in eval mode for the pass and returned to their previous mode after it. Inputs go
+    to the device of the model's parameters.
+
+    Raises:
+        ValueError: the batches are empty.
+    """
+    models = [model] + ([teacher] if teacher is not None else [])
+    was_training = [m.training for m in models]
+    device = _device_of(model)
+    n = top1 = top5 = t_top1 = t_top5 = agree = 0
+    start = time.perf_counter()
+    try:
+        for m in models:
+            m.eval()
+        total = len(batches.dataset) if hasattr(batches, "dataset") else None
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+        for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device)
+            logits = model(images)
+            c1, c5 = _correct_topk(logits, labels, 5)
+            top1, top5, n = top1 + c1, top5 + c5, n + labels.numel()
+            if teacher is not None:
+                t_logits = teacher(images)
+                c1, c5 = _correct_topk(t_logits, labels, 5)
+                t_top1, t_top5 = t_top1 + c1, t_top5 + c5
+                agree += int(logits.argmax(1).eq(t_logits.argmax(1)).sum())
+            bar.update(labels.numel())
+            bar.set_postfix(top1=f"{100 * top1 / n:.2f}")
+        bar.close()
+    finally:
+        for m, mode in zip(models, was_training):
+            m.train(mode)
+    if n == 0:
+        raise ValueError("no images to evaluate: the batches were empty")
+    seconds = time.perf_counter() - start
+    result = EvalResult(top1=100 * top1 / n, top5=100 * top5 / n, num_images=n, seconds=seconds)
+    if teacher is not None:
+        result.teacher_top1 = 100 * t_top1 / n
+        result.teacher_top5 = 100 * t_top5 / n
+        result.agreement = 100 * agree / n
+    return result

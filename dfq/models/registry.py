@@ -1,0 +1,80 @@
+"""One factory for teachers: `create_teacher(name)` for the CIFAR zoo, `tv:<name>` and `timm:<name>`."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from torch import nn
+
+from dfq.models.spec import InputSpec
+
+TeacherBuilder = Callable[..., "Teacher"]
+_REGISTRY: dict[str, TeacherBuilder] = {}
+
+
+class Teacher(NamedTuple):
+    """A full-precision teacher in eval mode and its input spec; unpacks as (model, spec)."""
+
+    model: nn.Module
+    spec: InputSpec
+
+
+def register_teacher(name: str) -> Callable[[TeacherBuilder], TeacherBuilder]:
+    """Register a builder `fn(*, checkpoint, pretrained) -> Teacher` under `name`."""
+
+    def wrap(fn: TeacherBuilder) -> TeacherBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"teacher {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_teachers() -> list[str]:
+    """Names of the registered teachers (tv:* and timm:* models are not listed)."""
+    return sorted(_REGISTRY)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pretrained: bool = True) -> Teacher:
+    """Build a teacher by name, load its weights and put it in eval mode.
+
+    Args:
+        name: a registered name (see `list_teachers()`), `tv:<torchvision model>` or `timm:<timm model>`.
+        checkpoint: a local weights file; takes precedence over every other source.
+        pretrained: load published weights; False gives a randomly initialised model (tests, shapes).
+
+    Raises:
+        ValueError: unknown name; a checkpoint that does not fit the model; a model without BatchNorm.
+        FileNotFoundError / RuntimeError: weights that cannot be found or downloaded.
+    """
+    from dfq.models import external  # lazy: importing timm costs seconds
+
+    if name.startswith("tv:"):
+        teacher = external.create_torchvision(name[3:], checkpoint=checkpoint, pretrained=pretrained)
+    elif name.startswith("timm:"):
+        teacher = external.create_timm(name[5:], checkpoint=checkpoint, pretrained=pretrained)
+    elif name in _REGISTRY:
+        teacher = _REGISTRY[name](checkpoint=checkpoint, pretrained=pretrained)
+    else:
+        close = difflib.get_close_matches(name, list_teachers(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}.{hint} Known: {', '.join(list_teachers())}; "
+            "or any torchvision classifier as 'tv:<name>' and any timm model as 'timm:<name>'."
+        )
+    if not has_batchnorm(teacher.model):
+        raise ValueError(
+            f"model {name!r} has no BatchNorm layers. gznq synthesizes data by making generated images "
+            "reproduce the running mean and variance stored in a teacher's BatchNorm layers; a model without "
+            "them gives the generator nothing to match. Use a model with BatchNorm (ResNet, MobileNet, ...)."
+        )
+    teacher.model.eval()
+    return teacher

@@ -1,0 +1,144 @@
+"""Finding and loading checkpoint files.
+
+Published weights are looked up, in order, at: an explicit checkpoint path; the directories listed in
+the environment variable `GZNQ_WEIGHTS` (os.pathsep-separated); the torch hub cache
+(`torch.hub.get_dir()/checkpoints`); a source checkout's development assets
+(`<checkout>/../shared/assets/weights`); and finally a download from the file's public URL into the hub
+cache. `GZNQ_OFFLINE=1` skips the download.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS_ENV = "GZNQ_WEIGHTS"
+OFFLINE_ENV = "GZNQ_OFFLINE"
+# Buffers that older checkpoints lack and whose absence changes nothing at inference.
+TOLERATED_MISSING_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A published checkpoint: its file name (with the sha256 prefix torch hub uses) and URL."""
+
+    filename: str
+    url: str
+
+    @property
+    def hash_prefix(self) -> str | None:
+        stem = Path(self.filename).stem
+        return stem.rsplit("-", 1)[1] if "-" in stem else None
+
+
+def _dev_assets_dir() -> Path:
+    return Path(__file__).resolve().parents[2].parent / "shared" / "assets" / "weights"
+
+
+def weight_search_dirs() -> list[tuple[str, Path]]:
+    """The local directories searched for published weights, as (label, path) in search order."""
+    dirs: list[tuple[str, Path]] = []
+    for entry in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep):
+        if entry:
+            dirs.append((f"${WEIGHTS_ENV}", Path(entry).expanduser()))
+    dirs.append(("torch hub cache", Path(torch.hub.get_dir()) / "checkpoints"))
+    dirs.append(("development assets", _dev_assets_dir()))
+    return dirs
+
+
+def _download(weight: WeightFile, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(weight.url, str(dst), hash_prefix=weight.hash_prefix, progress=True)
+
+
+def resolve_weights(weight: WeightFile | None, *, checkpoint: str | os.PathLike | None = None) -> Path:
+    """Return the path of `weight`, looking in the places listed in the module docstring.
+
+    Raises:
+        FileNotFoundError: the explicit checkpoint does not exist, or the file is found nowhere and
+            cannot be downloaded; the message names the file and every place searched.
+    """
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist (given as --checkpoint)")
+        return path
+    if weight is None:
+        raise ValueError("no published weights are known for this model; pass --checkpoint FILE")
+    looked = []
+    for label, directory in weight_search_dirs():
+        candidate = directory / weight.filename
+        if candidate.is_file():
+            return candidate
+        looked.append(f"{label}: {candidate}")
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        reason = f"download skipped because {OFFLINE_ENV} is set"
+    else:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / weight.filename
+        try:
+            _download(weight, target)
+            return target
+        except Exception as exc:  # network errors come in many types; all mean the same here
+            reason = f"download from {weight.url} failed ({type(exc).__name__}: {exc})"
+    raise FileNotFoundError(
+        f"could not find weights file {weight.filename!r}. Looked in:\n  "
+        + "\n  ".join(looked)
+        + f"\nand {reason}.\nFetch {weight.url} on a machine with internet and pass its path with "
+        f"--checkpoint FILE, or put it in a directory named by ${WEIGHTS_ENV}."
+    )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a checkpoint file: a raw state dict, or a dict holding one under
+    `state_dict` or `model`; a DataParallel `module.` prefix is stripped.
+
+    Raises:
+        ValueError: the file is not a PyTorch checkpoint or holds no state dict.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{str(path)!r} holds no state dict of tensors (looked at the top level, 'state_dict' and 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load `state_dict` into `model`, tolerating only missing `num_batches_tracked` buffers.
+
+    Raises:
+        ValueError: any other key is missing or unexpected, or a tensor has the wrong shape; the message
+            lists the offending keys and names `source`.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith(TOLERATED_MISSING_SUFFIXES)]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched[:8]}")
+    if problems:
+        raise ValueError(
+            f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems)
+            + ". Is it the checkpoint of a different model?"
+        )
+    model.load_state_dict(state_dict, strict=False)

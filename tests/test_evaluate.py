@@ -1,0 +1,51 @@
+import pytest
+import torch
+from torch import nn
+
+from dfq.evaluate import evaluate
+
+
+class FixedLogits(nn.Module):
+    """Returns preset logits row by row, whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", logits)
+        self.pos = 0
+
+    def forward(self, x):
+        out = self.logits[self.pos : self.pos + x.shape[0]]
+        self.pos += x.shape[0]
+        return out
+
+
+def test_top1_top5_and_agreement_are_counted_exactly():
+    # 4 images, 6 classes; labels 0, 1, 2, 3
+    student = torch.tensor(
+        [
+            [9, 0, 0, 0, 0, 0],  # top1 correct
+            [0, 5, 9, 0, 0, 0],  # top1 wrong (2), label 1 in top5
+            [9, 8, 7, 6, 5, 0],  # label 2 in top5 only
+            [9, 8, 7, 6, 5, 4],  # label 3 in top5, wrong top1
+        ],
+        dtype=torch.float,
+    )
+    teacher = torch.tensor(
+        [[9, 0, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0], [9, 0, 0, 0, 0, 0]], dtype=torch.float
+    )
+    batches = [(torch.zeros(2, 1), torch.tensor([0, 1])), (torch.zeros(2, 1), torch.tensor([2, 3]))]
+    r = evaluate(FixedLogits(student), batches, teacher=FixedLogits(teacher), progress=False)
+    assert r.num_images == 4
+    assert r.top1 == 25.0 and r.top5 == 100.0
+    assert r.teacher_top1 == 75.0
+    assert r.agreement == 50.0  # images 0 and 3 agree (class 0)
+    assert set(r.to_dict()) >= {"top1", "top5", "num_images", "seconds", "agreement", "teacher_top1"}
+
+
+def test_modes_are_restored_and_empty_input_is_an_error():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    evaluate(model, [(torch.randn(5, 3), torch.zeros(5, dtype=torch.long))], progress=False)
+    assert model.training
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, [], progress=False)
+    assert model.training
