@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 
 import torch
+
+from dfq.io import write_json_atomic  # noqa: F401  (re-exported for the CLIs)
 
 
 def default_device() -> str:
@@ -16,21 +15,6 @@ def default_device() -> str:
 
 def default_workers() -> int:
     return min(2, os.cpu_count() or 1)
-
-
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
-    """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -1,4 +1,5 @@
-"""`gznq-eval` / `python eval.py`: accuracy of a teacher (or, later, a quantized student) on real images."""
+"""`gznq-eval` / `python eval.py`: accuracy of a teacher, or of a quantized student beside its teacher, on
+real images."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from dfq.cli.common import default_device, default_workers, format_table, write_
 from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
+from dfq.quant import is_student_dir, load_student
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gznq-eval", description="Evaluate a model on real images: top-1, top-5, time.")
-    p.add_argument("--model", required=True, help="teacher name: cifar10_resnet20 ..., tv:<name> or timm:<name>")
+    p.add_argument("--model", help="teacher name: cifar10_resnet20 ..., tv:<name> or timm:<name> "
+                                   "(optional when --checkpoint is a student directory)")
     p.add_argument("--data", required=True, help="ImageFolder directory (class subfolders) or torchvision CIFAR root")
-    p.add_argument("--checkpoint", help="local weights file for the model (overrides every other source)")
+    p.add_argument("--checkpoint", help="teacher weights file, or a student directory written by `train.py quantize`")
+    p.add_argument("--teacher-checkpoint", help="weights of a student's teacher (default: as recorded, else the zoo's)")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     p.add_argument("--limit", type=int, help="evaluate a class-balanced subset of this many images")
     p.add_argument("--batch-size", type=int, default=256)
@@ -27,17 +31,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Evaluate as the parsed arguments say; returns the JSON payload."""
+def _load_models(args: argparse.Namespace):
+    """(model, teacher or None, spec, name) as the arguments ask."""
+    if args.checkpoint and is_student_dir(args.checkpoint):
+        student, meta = load_student(args.checkpoint, device=args.device)
+        name = meta["teacher"]
+        if args.model and args.model != name:
+            raise ValueError(f"--model {args.model} but the student at {args.checkpoint} was made from {name}")
+        teacher_ckpt = args.teacher_checkpoint or meta["metadata"].get("teacher_checkpoint")
+        teacher, spec = create_teacher(name, checkpoint=teacher_ckpt)
+        return student, teacher.to(args.device), spec, f"{name} (student)"
+    if not args.model:
+        raise ValueError("--model is required unless --checkpoint is a student directory")
     model, spec = create_teacher(args.model, checkpoint=args.checkpoint)
     model.to(args.device, memory_format=torch.channels_last)  # about 1.3x faster convolutions on CPU
-    loader = build_eval_loader(
-        args.data, spec, batch_size=args.batch_size, limit=args.limit, num_workers=args.workers
-    )
-    result = evaluate(model, loader, progress=not args.no_progress, desc=args.model)
-    payload = {"model": args.model, "data": str(args.data), "limit": args.limit, **result.to_dict()}
-    columns = [("model", "model"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %"), ("seconds", "seconds")]
-    print(format_table([payload], columns))
+    return model, None, spec, args.model
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as the parsed arguments say; returns the JSON payload."""
+    model, teacher, spec, name = _load_models(args)
+    loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, num_workers=args.workers)
+    result = evaluate(model, loader, teacher=teacher, progress=not args.no_progress, desc=name)
+    payload = {"model": name, "checkpoint": args.checkpoint, "data": str(args.data), "limit": args.limit,
+               **result.to_dict()}
+    columns = [("model", "model"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
+    if teacher is not None:
+        payload["drop"] = result.teacher_top1 - result.top1
+        columns += [("teacher_top1", "teacher %"), ("drop", "drop"), ("agreement", "agree %")]
+    print(format_table([payload], columns + [("seconds", "seconds")]))
     if args.json_out:
         write_json_atomic(args.json_out, payload)
     return payload

@@ -1,0 +1,96 @@
+"""`quantize_model`: swap a float model's Conv2d/Linear layers for quantized ones as a QuantConfig says."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+from dfq.quant.config import QuantConfig
+from dfq.quant.fold import fold_batchnorm
+from dfq.quant.modules import QUANT_MODULES, LayerQuantSpec
+from dfq.quant.observers import QuantSpec
+
+
+def _check_patterns(config: QuantConfig, names: list[str]) -> None:
+    for pattern in [*config.skip, *(o.pattern for o in config.overrides)]:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise ValueError(
+                f"layer pattern {pattern!r} matches no quantizable layer; names look like "
+                f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''} (fnmatch globs, e.g. 'layer1.*')"
+            )
+
+
+def _observer_kwargs(observer: str, config: QuantConfig) -> tuple[tuple[str, object], ...]:
+    return (("percentile", config.percentile),) if observer == "percentile" else ()
+
+
+def layer_bits(config: QuantConfig, name: str, *, first: bool, last: bool) -> tuple[int, int]:
+    """(weight bits, input bits) of one layer under `config`; input bits 0 means the input stays float."""
+    w_bits, in_bits = config.w_bits, config.a_bits
+    if first:
+        w_bits = config.first_layer_bits or w_bits
+        in_bits = config.input_bits
+    if last and config.last_layer_bits is not None:
+        w_bits = in_bits = config.last_layer_bits
+    for o in config.overrides:
+        if fnmatchcase(name, o.pattern):
+            w_bits = o.w_bits if o.w_bits is not None else w_bits
+            in_bits = o.a_bits if o.a_bits is not None else in_bits
+    return w_bits, in_bits
+
+
+def quantize_model(
+    model: nn.Module,
+    config: QuantConfig,
+    *,
+    module_map: Mapping[type[nn.Module], type[nn.Module]] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return a fake-quantized copy of `model` (or `model` itself with inplace=True).
+
+    BN is folded first when the config says so. Every module whose exact type is in `module_map`
+    (default: Conv2d -> QuantConv2d, Linear -> QuantLinear) is replaced, except the layers matching
+    `config.skip`. "First" and "last" are the first and last such layers in module registration order.
+    Weight ranges are set at once from the weights; input ranges need `calibrate` afterwards.
+
+    Raises:
+        ValueError: the model has no Conv2d/Linear layer, or a skip/override pattern matches no layer.
+    """
+    table = dict(module_map or QUANT_MODULES)
+    model = model if inplace else copy.deepcopy(model)
+    names = [n for n, m in model.named_modules() if type(m) in table]
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no {' or '.join(t.__name__ for t in table)} layer to quantize"
+        )
+    _check_patterns(config, names)
+    if config.fold_bn:
+        fold_batchnorm(model)
+    for i, name in enumerate(names):
+        if any(fnmatchcase(name, p) for p in config.skip):
+            continue
+        w_bits, in_bits = layer_bits(config, name, first=i == 0, last=i == len(names) - 1)
+        qspec = LayerQuantSpec(
+            weight=QuantSpec(w_bits, symmetric=config.w_symmetric, axis=0),
+            input=QuantSpec(in_bits, symmetric=config.a_symmetric) if in_bits else None,
+            weight_observer=config.weight_observer,
+            input_observer=config.act_observer,
+            learnable=config.learnable,
+            weight_observer_kwargs=_observer_kwargs(config.weight_observer, config),
+            input_observer_kwargs=_observer_kwargs(config.act_observer, config),
+        )
+        layer = model.get_submodule(name)
+        model.set_submodule(name, table[type(layer)].from_float(layer, qspec))
+    return model
+
+
+def dequantize_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The float model back: every quantized layer replaced by its `to_float()` (BN stays folded)."""
+    model = model if inplace else copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "to_float") and hasattr(module, "weight_quantizer"):
+            model.set_submodule(name, module.to_float())
+    return model

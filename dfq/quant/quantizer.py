@@ -1,0 +1,126 @@
+"""`TensorQuantizer`: the stateful module that fake-quantizes one tensor (a layer's weight or input)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dfq.quant.observers import Observer, QuantSpec, create_observer
+from dfq.quant.primitives import fake_quantize, int_range, lsq_fake_quantize, qparams_from_range, reduce_range
+
+
+class TensorQuantizer(nn.Module):
+    """Fake-quantizes a tensor with a stored scale and zero point.
+
+    Modes:
+      - enabled (default): quantize-dequantize with a straight-through gradient.
+      - disabled (`enabled = False`): pass the tensor through unchanged.
+      - calibrating (`calibrating = True`): pass through and show the tensor to the observer;
+        `load_observed_range()` then sets scale and zero point from what was observed.
+      - dynamic (`dynamic = True`): take the range from each tensor as it comes (min-max), as the
+        GDFQ-family recipes do for weights during fine-tuning.
+    With `learnable=True` the scale is trained with LSQ's gradient (after calibration initialises it).
+
+    Args:
+        spec: bits, symmetry, signedness and channel axis.
+        num_channels: length of the channel axis for per-channel specs (sizes the buffers).
+        observer: name of the range observer used in calibration ("minmax", "moving_average",
+            "percentile", "mse"); observer_kwargs are passed to it.
+        learnable: train the scale with LSQ.
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        *,
+        num_channels: int | None = None,
+        observer: str = "minmax",
+        observer_kwargs: dict | None = None,
+        learnable: bool = False,
+    ) -> None:
+        super().__init__()
+        if spec.axis is not None and not num_channels:
+            raise ValueError("a per-channel quantizer needs num_channels")
+        self.spec = spec
+        self.observer_name = observer
+        self.observer: Observer = create_observer(observer, spec, **(observer_kwargs or {}))
+        shape = (num_channels,) if spec.axis is not None else ()
+        self.scale = nn.Parameter(torch.ones(shape), requires_grad=learnable)
+        self.register_buffer("zero_point", torch.zeros(shape))
+        # qmin/qmax depend on the observed sign for symmetric specs, so they are state too.
+        qrange = int_range(spec.bits, signed=spec.symmetric and spec.signed is not False)
+        self.register_buffer("qrange", torch.tensor(qrange, dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.enabled = True
+        self.calibrating = False
+        self.dynamic = False
+        # Python copies of qrange/initialized: reading tensors in forward would sync an accelerator.
+        self._qmin, self._qmax = qrange
+        self._ready = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_cached_state())
+
+    def _sync_cached_state(self) -> None:
+        self._qmin, self._qmax = (int(v) for v in self.qrange)
+        self._ready = bool(self.initialized)
+
+    @property
+    def bits(self) -> int:
+        return self.spec.bits
+
+    @property
+    def learnable(self) -> bool:
+        return self.scale.requires_grad
+
+    def set_learnable(self, learnable: bool) -> None:
+        self.scale.requires_grad_(learnable)
+
+    def set_range(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
+        """Set scale, zero point and integer range so that [min_val, max_val] is covered."""
+        scale, zp, qmin, qmax = qparams_from_range(
+            min_val.detach(), max_val.detach(), bits=self.spec.bits, symmetric=self.spec.symmetric, signed=self.spec.signed
+        )
+        with torch.no_grad():
+            self.scale.copy_(scale.reshape(self.scale.shape))
+            self.zero_point.copy_(zp.reshape(self.zero_point.shape))
+            self.qrange.copy_(torch.tensor([qmin, qmax]))
+            self.initialized.fill_(True)
+        self._qmin, self._qmax, self._ready = qmin, qmax, True
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Show `x` to the observer (no quantization)."""
+        self.observer.collect(x)
+
+    def load_observed_range(self) -> None:
+        """Set the range from the observer, then reset the observer."""
+        self.set_range(*self.observer.compute())
+        self.observer.reset()
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float range [min, max] the current parameters represent."""
+        s, z = self.scale.detach(), self.zero_point
+        return (self._qmin - z) * s, (self._qmax - z) * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.calibrating:
+            self.observer.collect(x)
+            return x
+        if self.dynamic:
+            self.set_range(*reduce_range(x.detach(), self.spec.axis))
+        elif not self._ready:
+            raise RuntimeError(
+                "TensorQuantizer used before its range was set: run dfq.calibrate(model, batches) "
+                "(or load a calibrated checkpoint) before evaluating a quantized model"
+            )
+        fq = lsq_fake_quantize if self.scale.requires_grad and self.training else fake_quantize
+        return fq(x, self.scale, self.zero_point, self._qmin, self._qmax, self.spec.axis)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        gran = f"per-channel(axis={s.axis})" if s.axis is not None else "per-tensor"
+        mode = "disabled" if not self.enabled else ("calibrating" if self.calibrating else "enabled")
+        return (
+            f"bits={s.bits}, {'symmetric' if s.symmetric else 'asymmetric'}, {gran}, observer={self.observer_name}, "
+            f"learnable={self.learnable}, {mode}"
+        )

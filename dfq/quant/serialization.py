@@ -1,0 +1,87 @@
+"""Saving and loading quantized students: `student.safetensors` (all tensors) plus `student.json`
+(format, teacher name, QuantConfig, free-form metadata), both written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dfq.io import atomic_write, write_json_atomic
+from dfq.quant.config import QuantConfig
+from dfq.quant.convert import quantize_model
+
+FORMAT = "gznq-student"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "student.safetensors"
+META_FILE = "student.json"
+
+
+def is_student_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def save_student(
+    model: nn.Module, out_dir: str | os.PathLike, *, config: QuantConfig, teacher: str, metadata: dict | None = None
+) -> Path:
+    """Write a quantized student to `out_dir` (created if needed); returns the directory.
+
+    `teacher` is the name `create_teacher` knows the float model by; `metadata` (JSON-serializable)
+    records how the student was made (method, source, teacher checkpoint, ...).
+    """
+    out = Path(out_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "teacher": teacher,
+        "quant_config": config.to_dict(),
+        "metadata": metadata or {},
+    }
+    write_json_atomic(out / META_FILE, meta)  # written last: its presence marks a complete student
+    return out
+
+
+def read_student_meta(path: str | os.PathLike) -> dict:
+    """The JSON half of a saved student.
+
+    Raises:
+        FileNotFoundError: no student.json in `path`.
+        ValueError: the JSON is not a gznq student.
+    """
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a saved student: {META_FILE} is missing")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a gznq student (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{meta_path} has format version {meta['format_version']}; this gznq reads up to {FORMAT_VERSION}")
+    return meta
+
+
+def load_student(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a saved student: its teacher's architecture (no teacher weights needed), quantized with
+    the saved config, then every tensor loaded from the safetensors file. Returns (model in eval mode, meta).
+
+    Raises:
+        FileNotFoundError / ValueError: not a student directory, or tensors that do not fit.
+    """
+    from dfq.models import create_teacher  # the zoo imports heavy optional packages lazily
+
+    meta = read_student_meta(path)
+    config = QuantConfig.from_dict(meta["quant_config"])
+    skeleton, _ = create_teacher(meta["teacher"], pretrained=False)
+    model = quantize_model(skeleton, config, inplace=True)
+    state = load_file(str(Path(path) / WEIGHTS_FILE), device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"student at {str(path)!r} does not fit {meta['teacher']} under its config: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.to(device).eval(), meta

@@ -1,0 +1,39 @@
+import json
+
+from dfq.cli.eval_cli import main as eval_main
+from dfq.cli.train_cli import main as train_main
+
+
+def test_quantize_from_real_images_then_evaluate(weights_dir, cifar_train_dir, cifar_test_dir, tmp_path, capsys):
+    ckpt = str(weights_dir / "resnet20-12fca82f.th")
+    out = tmp_path / "student"
+    code = train_main([
+        "quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"real:{cifar_train_dir}",
+        "--calib-images", "256", "--w-bits", "8", "--a-bits", "8", "--protocol", "deploy", "--method", "calibrate",
+        "--out", str(out), "--workers", "0",
+    ])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "student.json").read_text())
+    assert meta["quant_config"]["w_bits"] == 8 and meta["metadata"]["calib_images"] == 256
+
+    result_file = tmp_path / "eval.json"
+    code = eval_main(["--checkpoint", str(out), "--data", str(cifar_test_dir), "--limit", "500",
+                      "--json", str(result_file), "--no-progress", "--workers", "0"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(result_file.read_text())
+    assert result["num_images"] == 500
+    assert {"agreement", "teacher_top1", "top1", "top5"} <= set(result)
+    assert abs(result["teacher_top1"] - result["top1"]) <= 1.0 and result["agreement"] >= 95.0
+
+
+def test_unknown_source_kind_is_reported(tmp_path, capsys):
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "imagenet:/x", "--out", str(tmp_path)])
+    assert code == 2
+    assert "unknown source kind 'imagenet'" in capsys.readouterr().err
+
+
+def test_bits_out_of_range_are_reported(tmp_path, capsys):
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--w-bits", "9",
+                       "--out", str(tmp_path)])
+    assert code == 2
+    assert "w_bits must be an integer from 2 to 8" in capsys.readouterr().err

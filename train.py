@@ -1,0 +1,6 @@
+"""The pipeline's producing steps; see `python train.py --help`. Thin wrapper over dfq.cli.train_cli."""
+
+from dfq.cli.train_cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
