@@ -1,18 +1,25 @@
-"""Where calibration images come from, named by a source string: `real:DIR` (an ImageFolder or CIFAR root of
-real images, the ceiling every data-free method is judged against)."""
+"""Where calibration images come from, named by a source string:
+
+    real:DIR        real images (ImageFolder or CIFAR root): the ceiling data-free methods are judged against
+    generator:DIR   a generator trained with `train.py generator` for the same teacher: a seeded stream
+    pixels:DIR      a pixel-optimized set made with `train.py pixels` (the ZeroQ/DeepInversion baseline)
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from dfq.data import load_dataset
 from dfq.models.spec import InputSpec
 
-SOURCE_KINDS = ("real",)
+SOURCE_KINDS = ("real", "generator", "pixels")
 
 
 @dataclass(frozen=True)
@@ -52,3 +59,44 @@ def real_calibration_loader(
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(ds), generator=gen)[:num_images].tolist()
     return DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def open_source(
+    source: Source,
+    *,
+    teacher: nn.Module,
+    teacher_name: str,
+    spec: InputSpec,
+    num_images: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> Iterable:
+    """Batches of (normalized images, labels) from `source`, `num_images` in all (rounded up to whole
+    batches for a generator).
+
+    Raises:
+        ValueError / FileNotFoundError: a source that does not exist, belongs to another teacher, or holds
+            fewer images than asked for.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    if source.kind == "real":
+        return real_calibration_loader(source.path, spec, num_images=num_images, batch_size=batch_size, seed=seed,
+                                       num_workers=num_workers)
+    device = next(teacher.parameters()).device
+    if source.kind == "generator":
+        from generators.checkpoint import load_generator
+        from generators.stream import SyntheticStream
+
+        generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
+        return SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
+                               num_batches=math.ceil(num_images / batch_size), device=device)
+    from generators.network import normalize
+    from generators.pixel_opt import load_pixels
+
+    images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
+    if num_images > len(labels):
+        raise ValueError(f"asked for {num_images} images but the pixel set {source.path} holds {len(labels)}")
+    images = normalize(images[:num_images], spec.mean, spec.std)
+    return DataLoader(TensorDataset(images.to(device), labels[:num_images].to(device)), batch_size=batch_size)

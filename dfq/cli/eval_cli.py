@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from dfq.cli.common import default_device, default_workers, format_table, write_json_atomic
+from dfq.cli.common import default_device, default_workers, format_table, tune_allocator, write_json_atomic
 from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
@@ -19,7 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gznq-eval", description="Evaluate a model on real images: top-1, top-5, time.")
     p.add_argument("--model", help="teacher name: cifar10_resnet20 ..., tv:<name> or timm:<name> "
                                    "(optional when --checkpoint is a student directory)")
-    p.add_argument("--data", required=True, help="ImageFolder directory (class subfolders) or torchvision CIFAR root")
+    p.add_argument("--data", help="real images: ImageFolder directory (class subfolders) or torchvision CIFAR root "
+                                  "(with --generator: the reference for diversity, optional)")
+    p.add_argument("--generator", help="report the quality of this generator's data for --model instead")
+    p.add_argument("--num-images", type=int, default=2048, help="with --generator: samples to judge")
     p.add_argument("--checkpoint", help="teacher weights file, or a student directory written by `train.py quantize`")
     p.add_argument("--teacher-checkpoint", help="weights of a student's teacher (default: as recorded, else the zoo's)")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
@@ -48,8 +51,40 @@ def _load_models(args: argparse.Namespace):
     return model, None, spec, args.model
 
 
+def run_generator_report(args: argparse.Namespace) -> dict:
+    """The generator quality report: teacher top-1 on samples, BN losses, diversity, throughput."""
+    from generators.checkpoint import load_generator
+    from generators.quality import measure_quality, stream_throughput
+    from generators.stream import SyntheticStream
+
+    if not args.model:
+        raise ValueError("--generator needs --model, the teacher to judge its samples with")
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
+    teacher.to(args.device)
+    generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher, device=args.device)
+    stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=args.batch_size, seed=12345,
+                             num_batches=-(-args.num_images // args.batch_size))
+    real = None
+    if args.data:
+        real = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.num_images,
+                                 num_workers=args.workers)
+    report = measure_quality(teacher, stream, real_batches=real)
+    report.images_per_second = stream_throughput(stream)
+    payload = {"model": args.model, "generator": args.generator, "data": args.data, **report.to_dict()}
+    columns = [("teacher_top1", "teacher top1 %"), ("bn_kl", "BN KL"), ("bn_l2", "BN L2"), ("diversity", "diversity"),
+               ("real_diversity", "real diversity"), ("images_per_second", "images/s")]
+    print(format_table([payload], columns))
+    if args.json_out:
+        write_json_atomic(args.json_out, payload)
+    return payload
+
+
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the parsed arguments say; returns the JSON payload."""
+    if args.generator:
+        return run_generator_report(args)
+    if not args.data:
+        raise ValueError("--data is required: the real images to evaluate on")
     model, teacher, spec, name = _load_models(args)
     loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, num_workers=args.workers)
     result = evaluate(model, loader, teacher=teacher, progress=not args.no_progress, desc=name)
@@ -67,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     try:
         run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -111,15 +111,15 @@ def fake_quantize(
     """
     s = broadcast_to_axis(scale, x, axis)
     z = broadcast_to_axis(zero_point, x, axis)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or s.requires_grad)
     with torch.no_grad():
-        r = torch.round(x / s) + z
-        inside = (r >= qmin) & (r <= qmax)
-        q = r.clamp_(qmin, qmax)
-    out = (q - z) * s
-    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
-        # Zero in value; its gradient is `inside` w.r.t. x and -x/s (inside) w.r.t. s.
-        out = out + inside * (x * (s.detach() / s) - x.detach())
-    return out
+        q = torch.div(x, s).round_().add_(z)  # round(x / s) + z, in place on one temporary
+        inside = (q >= qmin) & (q <= qmax) if needs_grad else None
+        q.clamp_(qmin, qmax).sub_(z)
+    if not needs_grad:
+        return q.mul_(s)
+    # The second term is zero in value; its gradient is `inside` w.r.t. x and -x/s (inside) w.r.t. s.
+    return q * s + inside * (x * (s.detach() / s) - x.detach())
 
 
 def lsq_grad_factor(numel_per_scale: int, qmax: int) -> float:

@@ -1,0 +1,75 @@
+"""`train.py quantize`: quantize a teacher and calibrate it from a source of images; writes a student."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from dfq.cli.common import default_device, default_workers, format_table, write_json_atomic
+from dfq.data import build_eval_loader
+from dfq.evaluate import evaluate
+from dfq.models import create_teacher
+from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
+from dfq.sources import open_source, parse_source
+
+METHODS = ("calibrate",)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a teacher and calibrate it; writes a student directory")
+    p.add_argument("--model", required=True, help="teacher name (cifar10_resnet20, tv:<name>, timm:<name>)")
+    p.add_argument("--checkpoint", help="local weights file for the teacher")
+    p.add_argument("--source", required=True, help="calibration images: real:DIR, generator:DIR or pixels:DIR")
+    p.add_argument("--calib-images", type=int, default=1024, help="number of calibration images")
+    p.add_argument("--w-bits", type=int, default=8)
+    p.add_argument("--a-bits", type=int, default=8)
+    p.add_argument("--protocol", default="deploy", choices=PROTOCOLS)
+    p.add_argument("--method", default="calibrate", choices=METHODS)
+    p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
+    p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory for the student")
+    p.add_argument("--eval-data", help="also evaluate the student beside its teacher on these real images")
+    p.add_argument("--eval-limit", type=int, help="class-balanced subset size for --eval-data")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Quantize, calibrate, save; optionally evaluate. Returns the report written to OUT/report.json."""
+    torch.manual_seed(args.seed)
+    source = parse_source(args.source)
+    config = QuantConfig(
+        w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
+        weight_observer=args.weight_observer, act_observer=args.act_observer,
+    )
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
+    teacher.to(args.device)
+    start = time.perf_counter()
+    student = quantize_model(teacher, config)
+    batches = open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=args.calib_images,
+                          batch_size=args.batch_size, seed=args.seed, num_workers=args.workers)
+    calibrate(student, batches, progress=True)
+    seconds = time.perf_counter() - start
+    metadata = {
+        "method": args.method, "source": str(source), "calib_images": args.calib_images, "seed": args.seed,
+        "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None, "seconds": seconds,
+    }
+    save_student(student, args.out, config=config, teacher=args.model, metadata=metadata)
+    summary = summarize(student)
+    print(summary.format())
+    report = {"student": str(args.out), "teacher": args.model, **metadata, "quant_config": config.to_dict(),
+              "compression_ratio": summary.compression_ratio}
+    if args.eval_data:
+        loader = build_eval_loader(args.eval_data, spec, limit=args.eval_limit, num_workers=args.workers)
+        result = evaluate(student, loader, teacher=teacher, desc="student+teacher")
+        report.update(result.to_dict(), drop=result.teacher_top1 - result.top1)
+        print(format_table([report], [("top1", "top1 %"), ("teacher_top1", "teacher %"), ("drop", "drop"),
+                                      ("agreement", "agree %"), ("num_images", "images")]))
+    write_json_atomic(f"{args.out}/report.json", report)
+    print(f"student written to {args.out}")
+    return report

@@ -1,0 +1,124 @@
+"""The pixel-optimization baseline (ZeroQ / DeepInversion style): a fixed set of images whose pixels are
+optimized directly against the same BatchNorm-statistics losses (plus the teacher's cross-entropy), so
+its quality and cost can be compared with the generator's in one harness."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from dfq.io import atomic_write, write_json_atomic
+from dfq.models.spec import InputSpec
+from generators.augment import random_jitter
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder
+from generators.network import normalize
+from generators.trainer import balanced_labels
+
+PIXELS_FILE = "pixels.safetensors"
+PIXELS_META = "pixels.json"
+
+
+@dataclass(frozen=True)
+class PixelOptConfig:
+    """num_images are optimized in batches of batch_size for `iterations` Adam steps each."""
+
+    num_images: int = 2048
+    batch_size: int = 256
+    iterations: int = 200
+    lr: float = 0.1
+    bn_loss: str = "kl"
+    bn_weight: float = 1.0
+    ce_weight: float = 1.0  # 0 gives ZeroQ's BN-only objective
+    tv_weight: float = 0.0
+    max_shift: int = 2
+    flip: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bn_loss not in BN_LOSSES:
+            raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
+        if self.num_images < 1 or self.batch_size < 2 or self.iterations < 1:
+            raise ValueError("num_images >= 1, batch_size >= 2 and iterations >= 1 are required")
+
+
+def optimize_pixels(
+    teacher: nn.Module, spec: InputSpec, config: PixelOptConfig = PixelOptConfig(), *, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Optimize images in [0, 1] (parameterized by logits) for `teacher`.
+
+    Returns:
+        (images (N, C, H, W) in [0, 1] on the CPU, labels (N,), seconds spent).
+    """
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    device = next(teacher.parameters()).device
+    rng = torch.Generator().manual_seed(config.seed)
+    labels = balanced_labels(config.num_images, spec.num_classes, rng)
+    bn_loss = BN_LOSSES[config.bn_loss]
+    images = []
+    start = time.perf_counter()
+    bar = tqdm(total=config.num_images, desc="pixels", unit="img", disable=not progress)
+    for first in range(0, config.num_images, config.batch_size):
+        y = labels[first:first + config.batch_size].to(device)
+        logits_px = torch.randn(len(y), spec.channels, spec.image_size, spec.image_size, generator=rng).to(device)
+        logits_px.requires_grad_(True)
+        opt = torch.optim.Adam([logits_px], lr=config.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations)
+        for _ in range(config.iterations):
+            x = torch.sigmoid(logits_px)
+            jittered = random_jitter(x, max_shift=config.max_shift, flip=config.flip, generator=rng)
+            with BNStatsRecorder(teacher) as rec:
+                out = teacher(normalize(jittered, spec.mean, spec.std))
+            loss = config.bn_weight * bn_loss(rec.stats)
+            if config.ce_weight:
+                loss = loss + config.ce_weight * F.cross_entropy(out, y)
+            if config.tv_weight:
+                loss = loss + config.tv_weight * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+                                                  + (x[..., 1:] - x[..., :-1]).abs().mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        images.append(torch.sigmoid(logits_px.detach()).cpu())
+        bar.update(len(y))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return torch.cat(images), labels, time.perf_counter() - start
+
+
+def save_pixels(out_dir: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor, *, teacher: str,
+                config: PixelOptConfig, seconds: float) -> Path:
+    out = Path(out_dir)
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
+    atomic_write(out / PIXELS_FILE, lambda tmp: save_file(tensors, tmp))
+    write_json_atomic(out / PIXELS_META, {"format": "gznq-pixels", "teacher": teacher, "seconds": seconds,
+                                          "config": dataclasses.asdict(config), "num_images": len(labels)})
+    return out
+
+
+def load_pixels(path: str | os.PathLike, *, teacher_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images in [0, 1], labels, metadata) of a saved pixel set.
+
+    Raises:
+        FileNotFoundError: not a pixel set. ValueError: made for another teacher.
+    """
+    path = Path(path)
+    if not (path / PIXELS_META).is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a pixel-optimized set: {PIXELS_META} is missing "
+                                "(make one with `train.py pixels`)")
+    meta = json.loads((path / PIXELS_META).read_text())
+    if teacher_name is not None and meta["teacher"] != teacher_name:
+        raise ValueError(f"pixel set {str(path)!r} was optimized for {meta['teacher']!r}, not {teacher_name!r}")
+    tensors = load_file(str(path / PIXELS_FILE))
+    return tensors["images"], tensors["labels"], meta

@@ -1,0 +1,119 @@
+"""How good is a generator's data? Teacher accuracy on its samples, BN-statistics losses, within-class
+diversity of teacher features (against real images), and stream throughput."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss, bn_l2_loss
+from generators.stream import SyntheticStream
+
+
+@contextlib.contextmanager
+def capture_penultimate(model: nn.Module, *, detach: bool = True):
+    """Within the block, `features[-1]` holds the input of the model's last Linear layer for the latest
+    forward pass (the penultimate features), detached unless `detach=False`. The hook is removed on exit."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear layer whose input could serve as features")
+    features: list[torch.Tensor] = []
+    def record(module, inputs):
+        f = inputs[0].flatten(1)
+        features.append(f.detach() if detach else f)
+
+    handle = linears[-1].register_forward_pre_hook(record)
+    try:
+        yield features
+    finally:
+        handle.remove()
+
+
+def within_class_distance(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance between features of the same class, averaged over classes."""
+    per_class = []
+    for c in labels.unique():
+        f = features[labels == c]
+        if len(f) < 2:
+            continue
+        d = torch.cdist(f, f)
+        n = len(f)
+        per_class.append(d.sum().item() / (n * (n - 1)))
+    if not per_class:
+        raise ValueError("need at least two images of some class to measure diversity")
+    return sum(per_class) / len(per_class)
+
+
+@dataclass
+class QualityReport:
+    teacher_top1: float  # % of images the teacher assigns to their label
+    bn_kl: float
+    bn_l2: float
+    diversity: float  # within-class mean pairwise distance of teacher penultimate features
+    real_diversity: float | None  # the same on real images, when given
+    num_images: int
+    images_per_second: float | None = None  # stream throughput, when measured
+
+    @property
+    def diversity_ratio(self) -> float | None:
+        return None if not self.real_diversity else self.diversity / self.real_diversity
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "diversity_ratio": self.diversity_ratio}
+
+
+@torch.no_grad()
+def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    with capture_penultimate(teacher) as captured:
+        for x, y in batches:
+            teacher(x)
+            feats.append(captured[-1].cpu())
+            labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iterable | None = None) -> QualityReport:
+    """Judge (normalized images, labels) batches from any source with the teacher (in eval mode): its top-1
+    against the labels, both BN losses (averaged over batches), and within-class feature diversity, beside
+    that of `real_batches` when given."""
+    teacher.eval()
+    correct = n = num_batches = 0
+    kl = l2 = 0.0
+    feats, labels = [], []
+    device = next(teacher.parameters()).device
+    with capture_penultimate(teacher) as captured:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with BNStatsRecorder(teacher) as rec:
+                logits = teacher(x)
+            kl += bn_kl_loss(rec.stats).item()
+            l2 += bn_l2_loss(rec.stats).item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+            num_batches += 1
+            feats.append(captured[-1].cpu())
+            labels.append(y.cpu())
+    if n == 0:
+        raise ValueError("no images to judge: the batches were empty")
+    real_diversity = None if real_batches is None else within_class_distance(*_features_of(teacher, real_batches))
+    return QualityReport(
+        teacher_top1=100 * correct / n, bn_kl=kl / num_batches, bn_l2=l2 / num_batches,
+        diversity=within_class_distance(torch.cat(feats), torch.cat(labels)), real_diversity=real_diversity,
+        num_images=n,
+    )
+
+
+def stream_throughput(stream: SyntheticStream, *, num_batches: int = 4) -> float:
+    """Images per second that `stream` generates (after one warm-up batch)."""
+    stream.make_batch(0)
+    start = time.perf_counter()
+    for i in range(num_batches):
+        stream.make_batch(1 + i)
+    return num_batches * stream.batch_size / (time.perf_counter() - start)

@@ -1,0 +1,228 @@
+"""Training a conditional generator against a fixed teacher: class fidelity (cross-entropy), BatchNorm
+statistics (KL or L2), mode seeking and total variation, with random jitter before the teacher."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dfq.models.spec import InputSpec
+from generators.augment import random_jitter
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer
+from generators.checkpoint import (
+    META_FILE,
+    load_generator,
+    load_train_state,
+    save_generator,
+    save_train_state,
+    teacher_fingerprint,
+)
+from generators.grid import save_class_grid
+from generators.losses import mode_seeking_loss, total_variation
+from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.quality import capture_penultimate
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    """Generator training. Loss = ce_weight * CE + bn_weight * BN + diversity_weight * mode seeking
+    + tv_weight * TV."""
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.05
+    bn_loss: str = "kl"  # "kl" (GZNQ) or "l2" (GDFQ)
+    bn_weight: float = 1.0
+    ce_weight: float = 1.0
+    label_smoothing: float = 0.0
+    diversity_weight: float = 0.05
+    diversity_space: str = "pixel"  # mode seeking on images ("pixel") or teacher penultimate features ("feature")
+    tv_weight: float = 0.0
+    max_shift: int = 2  # random-crop jitter in pixels
+    flip: bool = True
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 200
+    grid_every: int = 500
+
+    def __post_init__(self) -> None:
+        if self.bn_loss not in BN_LOSSES:
+            raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("steps must be >= 1 and batch_size >= 2")
+        if self.diversity_space not in ("pixel", "feature"):
+            raise ValueError(f"diversity_space must be 'pixel' or 'feature', got {self.diversity_space!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_factor(step: int, config: GeneratorTrainConfig) -> float:
+    """Linear warm-up then cosine decay; `step` counts from 0."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """n labels covering the classes as evenly as possible, in random order."""
+    offset = int(torch.randint(num_classes, (1,), generator=generator))
+    labels = (torch.arange(n) + offset) % num_classes
+    return labels[torch.randperm(n, generator=generator)]
+
+
+class GeneratorObjective(nn.Module):
+    """The per-step losses of generator training; `forward(generator)` draws a batch and returns
+    (total loss, dict of float parts). Kept separate from the loop so distillation can reuse it."""
+
+    def __init__(self, teacher: nn.Module, spec: InputSpec, config: GeneratorTrainConfig, *,
+                 reduce_sums: SumReducer | None = None) -> None:
+        super().__init__()
+        self.teacher, self.spec, self.config = teacher, spec, config
+        self.reduce_sums = reduce_sums
+        self.bn_loss = BN_LOSSES[config.bn_loss]
+
+    def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int):
+        """(images in [0, 1], labels, latents) with pairs sharing labels: rows i and i + B/2."""
+        device = next(generator.parameters()).device
+        half = batch_size // 2
+        y = balanced_labels(half, generator.config.num_classes, rng).repeat(2)
+        z = torch.randn(2 * half, generator.config.latent_dim, generator=rng)
+        y, z = y.to(device), z.to(device)
+        x = generator(z, y, generator=rng if device.type == "cpu" else None)
+        return x, y, z
+
+    def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+        c = self.config
+        x, y, z = self.draw(generator, rng, c.batch_size)
+        jittered = random_jitter(x, max_shift=c.max_shift, flip=c.flip, generator=rng)
+        feature_div = c.diversity_weight and c.diversity_space == "feature"
+        with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
+                capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats:
+            logits = self.teacher(normalize(jittered, self.spec.mean, self.spec.std))
+        ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+        bn = self.bn_loss(rec.stats)
+        half = x.shape[0] // 2
+        pairs = feats[-1] if feature_div else x
+        div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:]) if c.diversity_weight else x.new_zeros(())
+        tv = total_variation(x) if c.tv_weight else x.new_zeros(())
+        total = c.ce_weight * ce + c.bn_weight * bn + c.diversity_weight * div + c.tv_weight * tv
+        acc = (logits.argmax(1) == y).float().mean()
+        parts = {"loss": total.item(), "ce": ce.item(), "bn": bn.item(), "div": div.item(), "tv": tv.item(),
+                 "acc": acc.item()}
+        return total, parts
+
+
+def _freeze(teacher: nn.Module) -> nn.Module:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def train_generator(
+    teacher: nn.Module,
+    spec: InputSpec,
+    out_dir: str | os.PathLike,
+    *,
+    teacher_name: str,
+    gen_config: GeneratorConfig | None = None,
+    config: GeneratorTrainConfig = GeneratorTrainConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> ConditionalGenerator:
+    """Train a generator for `teacher` and write it to `out_dir` (checkpoints every `save_every` steps,
+    losses to losses.csv, sample grids to samples_*.png). With `resume`, continue from out_dir's last
+    checkpoint with its saved configs, optimizer, schedule and random state. Ctrl-C saves a checkpoint
+    before stopping.
+
+    Raises:
+        ValueError: the teacher has no BatchNorm; resuming for a different teacher.
+        FileNotFoundError: resume with nothing to resume.
+    """
+    out = Path(out_dir)
+    teacher = _freeze(teacher)
+    device = next(teacher.parameters()).device
+    fingerprint = teacher_fingerprint(teacher)
+    if resume:
+        generator, meta = load_generator(out, teacher_name=teacher_name, teacher=teacher, device=device)
+        state = load_train_state(out)
+        config = GeneratorTrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+    else:
+        if (out / META_FILE).exists():
+            raise FileExistsError(f"{out} already holds a generator; pass --resume to continue it or pick another --out")
+        generator = ConditionalGenerator(gen_config or GeneratorConfig(num_classes=spec.num_classes,
+                                                                       image_size=spec.image_size)).to(device)
+        state = None
+    objective = GeneratorObjective(teacher, spec, config)
+    generator.train()
+    opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config))
+    rng = torch.Generator().manual_seed(config.seed)
+    step, elapsed = 0, 0.0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.set_state(state["rng"])
+        step, elapsed = state["step"], state["elapsed"]
+
+    def checkpoint() -> None:
+        record = {"step": step, "seconds": elapsed, "train_config": config.to_dict()}
+        save_train_state(out, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.get_state(),
+                               "step": step, "elapsed": elapsed, "config": config.to_dict()})
+        save_generator(generator, out, teacher=teacher_name, fingerprint=fingerprint,
+                       spec=dataclasses.asdict(spec), record=record)
+
+    log_path = out / "losses.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["step", "loss", "ce", "bn", "div", "tv", "acc", "lr", "seconds"]
+    bar = tqdm(total=config.steps, initial=step, desc="generator", disable=not progress)
+    try:
+        with open(log_path, "a", newline="") as log_file:
+            writer = csv.DictWriter(log_file, fieldnames=fields)
+            if log_file.tell() == 0:
+                writer.writeheader()
+            while step < config.steps:
+                start = time.perf_counter()
+                loss, parts = objective(generator, rng)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                elapsed += time.perf_counter() - start
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.steps:
+                    writer.writerow({"step": step, **{k: round(v, 6) for k, v in parts.items()},
+                                     "lr": sched.get_last_lr()[0], "seconds": round(elapsed, 2)})
+                    log_file.flush()
+                    bar.set_postfix(ce=f"{parts['ce']:.3f}", bn=f"{parts['bn']:.3f}", acc=f"{parts['acc']:.2f}")
+                if step % config.save_every == 0 or step == config.steps:
+                    checkpoint()
+                if step % config.grid_every == 0 or step == config.steps:
+                    save_class_grid(generator, out / f"samples_{step:06d}.png")
+                    save_class_grid(generator, out / "samples.png")
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        print(f"\ninterrupted at step {step}; checkpoint saved to {out} (continue with --resume)")
+        raise
+    bar.close()
+    return generator.eval()

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from dfq.cli.eval_cli import main as eval_main
+from dfq.cli.train_cli import main as train_main
+
+
+@pytest.fixture(scope="module")
+def generator_dir(weights_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "gen"
+    code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--steps", "3", "--batch-size", "16", "--width", "32", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_generator_run_writes_checkpoint_logs_and_grid(generator_dir):
+    meta = json.loads((generator_dir / "generator.json").read_text())
+    assert meta["teacher"] == "cifar10_resnet20" and meta["record"]["step"] == 3
+    assert (generator_dir / "samples.png").is_file() and (generator_dir / "losses.csv").is_file()
+
+
+def test_sample_writes_an_image_folder(generator_dir, tmp_path):
+    assert train_main(["sample", "--generator", str(generator_dir), "--num-images", "25", "--out", str(tmp_path / "s")]) == 0
+    folders = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert folders == [str(i) for i in range(10)]
+    assert sum(len(list(f.glob("*.png"))) for f in (tmp_path / "s").iterdir()) == 25
+
+
+def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path, capsys):
+    ckpt = str(weights_dir / "resnet20-12fca82f.th")
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source",
+                       f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
+                       "--out", str(tmp_path / "sg")])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "sg" / "student.json").read_text())["metadata"]["source"].startswith("generator:")
+    assert train_main(["pixels", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--num-images", "16",
+                       "--batch-size", "16", "--iterations", "2", "--out", str(tmp_path / "px")]) == 0
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source",
+                       f"pixels:{tmp_path / 'px'}", "--calib-images", "16", "--out", str(tmp_path / "sp")])
+    assert code == 0, capsys.readouterr().err
+
+
+def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
+    code = train_main(["quantize", "--model", "cifar10_resnet32", "--source", f"generator:{generator_dir}",
+                       "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "trained for teacher 'cifar10_resnet20', not 'cifar10_resnet32'" in capsys.readouterr().err
+
+
+def test_generator_quality_report(generator_dir, weights_dir, cifar_test_dir, tmp_path):
+    out = tmp_path / "q.json"
+    code = eval_main(["--generator", str(generator_dir), "--model", "cifar10_resnet20", "--checkpoint",
+                      str(weights_dir / "resnet20-12fca82f.th"), "--data", str(cifar_test_dir), "--num-images", "64",
+                      "--batch-size", "32", "--json", str(out), "--workers", "0"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 64 and 0 <= report["teacher_top1"] <= 100
+    assert report["bn_kl"] > 0 and report["real_diversity"] > 0 and report["images_per_second"] > 0

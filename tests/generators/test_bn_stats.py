@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from generators.bn_stats import BatchStats, BNStatsRecorder, bn_kl_loss, bn_l2_loss, gaussian_kl
+from tests.generators.helpers import tiny_teacher
+
+
+def _hook_count(model):
+    return sum(len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_recorder_records_batch_moments_and_removes_hooks():
+    model = tiny_teacher()
+    x = torch.randn(6, 3, 8, 8)
+    with BNStatsRecorder(model) as rec:
+        assert _hook_count(model) == 2
+        model(x)
+    assert _hook_count(model) == 0
+    assert [s.name for s in rec.stats] == ["1", "4"]
+    first_in = model[0](x)
+    var, mean = torch.var_mean(first_in, dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(rec.stats[0].mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rec.stats[0].var, var, rtol=1e-4, atol=1e-6)
+    assert rec.stats[0].running_mean is model[1].running_mean
+
+
+def test_recorder_removes_hooks_after_an_exception():
+    model = tiny_teacher()
+    with pytest.raises(RuntimeError, match="boom"):
+        with BNStatsRecorder(model):
+            raise RuntimeError("boom")
+    assert _hook_count(model) == 0
+
+
+def test_model_without_bn_is_refused():
+    with pytest.raises(ValueError, match="no BatchNorm layers"):
+        BNStatsRecorder(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+def test_reducer_gives_the_global_batch_statistics():
+    """Two simulated ranks: each adds the other's sums, so both see the statistics of the whole batch."""
+    model = tiny_teacher()
+    a, b = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8) + 1.0
+    with BNStatsRecorder(model) as other:
+        model(b)
+    with torch.no_grad():
+        feats_b = model[0](b).flatten(2)
+    other_sums = [feats_b.sum(dim=(0, 2)), (feats_b * feats_b).sum(dim=(0, 2)), torch.tensor(float(4 * 64))]
+    layer = iter([other_sums])
+
+    def add_other_rank(tensors):
+        sums = next(layer, None)
+        return [t + s for t, s in zip(tensors, sums)] if sums is not None else tensors
+
+    with BNStatsRecorder(model, reduce_sums=add_other_rank) as rec:
+        model(a)
+    full = model[0](torch.cat([a, b]))
+    var, mean = torch.var_mean(full, dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(rec.stats[0].mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rec.stats[0].var, var, rtol=1e-4, atol=1e-5)
+    assert other.stats  # the other rank's own statistics were recorded independently
+
+
+def _stats(mean, var, rmean, rvar):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return BatchStats("bn", t(mean), t(var), t(rmean), t(rvar))
+
+
+def test_losses_are_zero_when_statistics_agree():
+    s = _stats([0.5, -1.0], [2.0, 0.3], [0.5, -1.0], [2.0, 0.3])
+    assert bn_kl_loss([s]).item() == pytest.approx(0.0, abs=1e-12)
+    assert bn_l2_loss([s]).item() == 0.0
+
+
+def test_kl_matches_a_hand_computed_value():
+    # KL(N(1, 4) || N(0, 1)) = log(1/2) + (4 + 1) / 2 - 1/2 = 2 - log 2
+    s = _stats([1.0], [4.0], [0.0], [1.0])
+    assert gaussian_kl(s.mean, s.var, s.running_mean, s.running_var, eps=0.0).item() == pytest.approx(2 - math.log(2))
+    assert bn_kl_loss([s]).item() == pytest.approx(2 - math.log(2), rel=1e-4)
+    # two layers are averaged; weights scale each layer
+    s2 = _stats([0.0], [1.0], [0.0], [1.0])
+    assert bn_kl_loss([s, s2]).item() == pytest.approx((2 - math.log(2)) / 2, rel=1e-4)
+    assert bn_kl_loss([s, s2], layer_weights=[2.0, 1.0]).item() == pytest.approx(2 - math.log(2), rel=1e-4)
+
+
+def test_l2_matches_a_hand_computed_value():
+    s = _stats([1.0, 0.0], [4.0, 1.0], [0.0, 0.0], [1.0, 3.0])
+    # mean part: (1 + 0) / 2 = 0.5; variance part: (9 + 4) / 2 = 6.5
+    assert bn_l2_loss([s]).item() == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="layer weights"):
+        bn_l2_loss([s], layer_weights=[1.0, 2.0])

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss
+from generators.network import normalize
+from generators.pixel_opt import PixelOptConfig, load_pixels, optimize_pixels, save_pixels
+from generators.quality import capture_penultimate, within_class_distance
+from tests.generators.helpers import TINY_SPEC, tiny_teacher
+
+
+def _kl(teacher, images):
+    with torch.no_grad(), BNStatsRecorder(teacher) as rec:
+        teacher(normalize(images, TINY_SPEC.mean, TINY_SPEC.std))
+    return bn_kl_loss(rec.stats).item()
+
+
+def test_pixel_optimization_lowers_the_bn_loss_and_round_trips(tmp_path):
+    teacher = tiny_teacher()
+    config = PixelOptConfig(num_images=32, batch_size=16, iterations=40, lr=0.1, ce_weight=0.0, seed=0)
+    images, labels, seconds = optimize_pixels(teacher, TINY_SPEC, config, progress=False)
+    assert images.shape == (32, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+    assert torch.bincount(labels).tolist() == [8, 8, 8, 8] and seconds > 0
+    start = torch.sigmoid(torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert _kl(teacher, images) < 0.5 * _kl(teacher, start)
+    save_pixels(tmp_path / "p", images, labels, teacher="tiny", config=config, seconds=seconds)
+    again, again_labels, meta = load_pixels(tmp_path / "p", teacher_name="tiny")
+    assert torch.equal(again, images) and torch.equal(again_labels, labels) and meta["num_images"] == 32
+    with pytest.raises(ValueError, match="optimized for 'tiny'"):
+        load_pixels(tmp_path / "p", teacher_name="cifar10_resnet20")
+    with pytest.raises(FileNotFoundError, match="not a pixel-optimized set"):
+        load_pixels(tmp_path / "none")
+
+
+def test_within_class_distance_on_known_points():
+    feats = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 2.0], [9.0, 9.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])  # class 0: distance 5; class 1: 2; class 2 has one image
+    assert within_class_distance(feats, labels) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="at least two"):
+        within_class_distance(feats[:1], labels[:1])
+
+
+def test_penultimate_capture_hooks_the_last_linear_and_cleans_up():
+    teacher = tiny_teacher()
+    x = torch.randn(3, 3, 8, 8)
+    with capture_penultimate(teacher) as feats:
+        teacher(x)
+    assert feats[-1].shape == (3, 8)
+    assert torch.allclose(feats[-1], teacher[:-1](x))
+    assert not teacher[-1]._forward_pre_hooks

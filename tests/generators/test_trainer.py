@@ -1,0 +1,123 @@
+import csv
+import dataclasses
+
+import pytest
+import torch
+
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss
+from generators.checkpoint import load_generator, teacher_fingerprint
+from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.trainer import GeneratorObjective, GeneratorTrainConfig, balanced_labels, lr_factor, train_generator
+from tests.generators.helpers import TINY_SPEC, tiny_teacher
+
+GEN = GeneratorConfig(num_classes=4, image_size=8, base_size=4, width=16, latent_dim=8, embed_dim=8)
+
+
+def _config(**kw):
+    base = dict(steps=30, batch_size=16, lr=5e-3, warmup_steps=2, log_every=1, save_every=10, grid_every=1000)
+    return GeneratorTrainConfig(**{**base, **kw})
+
+
+def _bn_loss(teacher, generator, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, y = torch.randn(64, 8, generator=g), balanced_labels(64, 4, g)
+    generator.eval()
+    with torch.no_grad(), BNStatsRecorder(teacher) as rec:
+        teacher(normalize(generator(z, y, generator=g), TINY_SPEC.mean, TINY_SPEC.std))
+    return bn_kl_loss(rec.stats).item()
+
+
+def test_training_reduces_the_bn_loss(tmp_path):
+    teacher = tiny_teacher()
+    torch.manual_seed(0)
+    before = _bn_loss(teacher, ConditionalGenerator(GEN))
+    torch.manual_seed(0)
+    generator = train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
+                                config=_config(ce_weight=0.0, diversity_weight=0.0), progress=False)
+    after = _bn_loss(teacher, generator)
+    assert after < 0.5 * before
+    rows = list(csv.DictReader(open(tmp_path / "g" / "losses.csv")))
+    assert len(rows) == 30 and float(rows[-1]["bn"]) < float(rows[0]["bn"])
+    assert (tmp_path / "g" / "samples.png").is_file()
+
+
+def test_checkpoint_reloads_to_identical_samples_and_refuses_other_teachers(tmp_path):
+    teacher = tiny_teacher()
+    generator = train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
+                                config=_config(steps=3), progress=False)
+    loaded, meta = load_generator(tmp_path / "g", teacher_name="tiny", teacher=teacher)
+    z, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(generator.eval()(z, y, generator=g1), loaded(z, y, generator=g2))
+    assert meta["record"]["step"] == 3
+    with pytest.raises(ValueError, match="trained for teacher 'tiny', not 'cifar10_resnet20'"):
+        load_generator(tmp_path / "g", teacher_name="cifar10_resnet20")
+    with pytest.raises(ValueError, match="different weights"):
+        load_generator(tmp_path / "g", teacher_name="tiny", teacher=tiny_teacher(seed=1))
+    with pytest.raises(FileNotFoundError, match="not a generator checkpoint"):
+        load_generator(tmp_path / "nothing")
+
+
+def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monkeypatch):
+    teacher = tiny_teacher()
+    torch.manual_seed(0)
+    train_generator(teacher, TINY_SPEC, tmp_path / "full", teacher_name="tiny", gen_config=GEN,
+                    config=_config(steps=20, save_every=100), progress=False)
+
+    calls = {"n": 0}
+    original = GeneratorObjective.forward
+
+    def ctrl_c_at_step_8(self, generator, rng):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, generator, rng)
+
+    monkeypatch.setattr(GeneratorObjective, "forward", ctrl_c_at_step_8)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(teacher, TINY_SPEC, tmp_path / "cut", teacher_name="tiny", gen_config=GEN,
+                        config=_config(steps=20, save_every=100), progress=False)
+    monkeypatch.setattr(GeneratorObjective, "forward", original)
+    _, meta = load_generator(tmp_path / "cut", teacher_name="tiny")
+    assert meta["record"]["step"] == 7  # Ctrl-C saved the last completed step
+    train_generator(teacher, TINY_SPEC, tmp_path / "cut", teacher_name="tiny", resume=True, progress=False)
+    full = list(csv.DictReader(open(tmp_path / "full" / "losses.csv")))
+    resumed = list(csv.DictReader(open(tmp_path / "cut" / "losses.csv")))
+    assert [r["step"] for r in resumed] == [str(i) for i in range(1, 21)]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path):
+    teacher = tiny_teacher()
+    train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
+                    config=_config(steps=1), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
+                        config=_config(steps=1), progress=False)
+    with pytest.raises(FileNotFoundError):
+        train_generator(teacher, TINY_SPEC, tmp_path / "none", teacher_name="tiny", resume=True, progress=False)
+
+
+def test_teacher_without_bn_is_refused(tmp_path):
+    no_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    no_bn(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="no BatchNorm layers"):
+        train_generator(no_bn, TINY_SPEC, tmp_path / "g", teacher_name="x", gen_config=GEN, config=_config(steps=1),
+                        progress=False)
+
+
+def test_objective_parts_and_schedule():
+    teacher = tiny_teacher()
+    objective = GeneratorObjective(teacher, TINY_SPEC, _config(tv_weight=0.1))
+    loss, parts = objective(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
+    c = objective.config
+    expected = c.ce_weight * parts["ce"] + c.bn_weight * parts["bn"] + c.diversity_weight * parts["div"] + 0.1 * parts["tv"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    cfg = GeneratorTrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    with pytest.raises(ValueError, match="unknown BN loss"):
+        GeneratorTrainConfig(bn_loss="wasserstein")
+    assert teacher_fingerprint(teacher) == teacher_fingerprint(tiny_teacher())
+    assert dataclasses.asdict(c)["tv_weight"] == 0.1
