@@ -39,7 +39,7 @@ class GeneratorTrainConfig:
     """Generator training. Loss = ce_weight * CE + bn_weight * BN + diversity_weight * mode seeking
     + tv_weight * TV."""
 
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3
     betas: tuple[float, float] = (0.5, 0.999)
@@ -49,8 +49,8 @@ class GeneratorTrainConfig:
     bn_weight: float = 1.0
     ce_weight: float = 1.0
     label_smoothing: float = 0.0
-    diversity_weight: float = 0.05
-    diversity_space: str = "pixel"  # mode seeking on images ("pixel") or teacher penultimate features ("feature")
+    diversity_weight: float = 0.1
+    diversity_space: str = "feature"  # mode seeking on teacher penultimate features ("feature") or images ("pixel")
     tv_weight: float = 0.0
     max_shift: int = 2  # random-crop jitter in pixels
     flip: bool = True

@@ -37,6 +37,7 @@ class _QuantMixin:
         self.qspec = qspec
         self.weight_quantizer = None
         self.input_quantizer = None
+        self.weight_rounding = None  # set only inside dfq.quant.adaround.adaround()
         if qspec.weight is not None:
             self.weight_quantizer = TensorQuantizer(
                 qspec.weight, num_channels=self.weight.shape[0], observer=qspec.weight_observer,
@@ -55,6 +56,8 @@ class _QuantMixin:
             self.weight_quantizer.load_observed_range()
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.weight_rounding is not None:
+            return self.weight_rounding()
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
