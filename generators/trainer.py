@@ -99,19 +99,19 @@ class GeneratorObjective(nn.Module):
         self.reduce_sums = reduce_sums
         self.bn_loss = BN_LOSSES[config.bn_loss]
 
-    def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int):
+    def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int | None = None):
         """(images in [0, 1], labels, latents) with pairs sharing labels: rows i and i + B/2."""
         device = next(generator.parameters()).device
-        half = batch_size // 2
+        half = (batch_size or self.config.batch_size) // 2
         y = balanced_labels(half, generator.config.num_classes, rng).repeat(2)
         z = torch.randn(2 * half, generator.config.latent_dim, generator=rng)
         y, z = y.to(device), z.to(device)
         x = generator(z, y, generator=rng if device.type == "cpu" else None)
         return x, y, z
 
-    def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def losses(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The weighted loss of a drawn batch and its parts as floats."""
         c = self.config
-        x, y, z = self.draw(generator, rng, c.batch_size)
         jittered = random_jitter(x, max_shift=c.max_shift, flip=c.flip, generator=rng)
         feature_div = c.diversity_weight and c.diversity_space == "feature"
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
@@ -128,6 +128,10 @@ class GeneratorObjective(nn.Module):
         parts = {"loss": total.item(), "ce": ce.item(), "bn": bn.item(), "div": div.item(), "tv": tv.item(),
                  "acc": acc.item()}
         return total, parts
+
+    def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x, y, z = self.draw(generator, rng)
+        return self.losses(x, y, z, rng)
 
 
 def _freeze(teacher: nn.Module) -> nn.Module:

@@ -7,14 +7,29 @@ import time
 
 import torch
 
+from dfq.cli import distill_stage
 from dfq.cli.common import default_device, default_workers, format_table, write_json_atomic
 from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.sources import open_source, parse_source
 
-METHODS = ("calibrate",)
+METHODS = ("calibrate", "reconstruct", "distill")
+
+
+def parse_methods(text: str) -> list[str]:
+    """A comma-separated chain of methods; calibration always comes first.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)} (comma-separated chain)")
+    return ["calibrate"] + [m for m in methods if m != "calibrate"]
 
 
 def add_parser(sub) -> None:
@@ -26,7 +41,11 @@ def add_parser(sub) -> None:
     p.add_argument("--w-bits", type=int, default=8)
     p.add_argument("--a-bits", type=int, default=8)
     p.add_argument("--protocol", default="deploy", choices=PROTOCOLS)
-    p.add_argument("--method", default="calibrate", choices=METHODS)
+    p.add_argument("--method", default="calibrate",
+                   help=f"one of {', '.join(METHODS)}, or a comma-separated chain; calibration always runs first")
+    p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations, help="reconstruction steps per block")
+    p.add_argument("--recon-images", type=int, default=1024, help="images in the reconstruction set")
+    distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--batch-size", type=int, default=128)
@@ -39,31 +58,53 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _calibrate_and_reconstruct(args, methods, source, student, teacher, spec) -> dict:
+    """Calibrate `student` from `source`, then reconstruct it when asked; returns report records."""
+    def batches(num_images: int, seed: int):
+        return open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=num_images,
+                           batch_size=args.batch_size, seed=seed, num_workers=args.workers)
+
+    calibrate(student, batches(args.calib_images, args.seed), progress=True)
+    if "reconstruct" not in methods:
+        return {}
+    recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
+    config = ReconstructConfig(iterations=args.recon_iters, seed=args.seed)
+    return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Quantize, calibrate, save; optionally evaluate. Returns the report written to OUT/report.json."""
     torch.manual_seed(args.seed)
+    methods = parse_methods(args.method)
     source = parse_source(args.source)
     config = QuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
         weight_observer=args.weight_observer, act_observer=args.act_observer,
     )
+    if args.resume and "distill" not in methods:
+        raise ValueError("--resume continues a distillation; add distill to --method")
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
     teacher.to(args.device)
     start = time.perf_counter()
     student = quantize_model(teacher, config)
-    batches = open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=args.calib_images,
-                          batch_size=args.batch_size, seed=args.seed, num_workers=args.workers)
-    calibrate(student, batches, progress=True)
-    seconds = time.perf_counter() - start
+    records = {}
+    if not args.resume:  # a resumed distillation loads the student it had reached
+        records.update(_calibrate_and_reconstruct(args, methods, source, student, teacher, spec))
     metadata = {
-        "method": args.method, "source": str(source), "calib_images": args.calib_images, "seed": args.seed,
-        "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None, "seconds": seconds,
+        "method": ",".join(methods), "source": str(source), "calib_images": args.calib_images, "seed": args.seed,
+        "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
+    if "reconstruct" in methods:
+        metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters)
+    if "distill" in methods:
+        records.update(distill_stage.run_distill(args, student=student, teacher=teacher, spec=spec, source=source,
+                                                 quant_config=config, metadata=metadata))
+    metadata["seconds"] = time.perf_counter() - start
     save_student(student, args.out, config=config, teacher=args.model, metadata=metadata)
     summary = summarize(student)
     print(summary.format())
     report = {"student": str(args.out), "teacher": args.model, **metadata, "quant_config": config.to_dict(),
-              "compression_ratio": summary.compression_ratio}
+              "compression_ratio": summary.compression_ratio, **records}
     if args.eval_data:
         loader = build_eval_loader(args.eval_data, spec, limit=args.eval_limit, num_workers=args.workers)
         result = evaluate(student, loader, teacher=teacher, desc="student+teacher")

@@ -19,6 +19,9 @@ class TensorQuantizer(nn.Module):
         `load_observed_range()` then sets scale and zero point from what was observed.
       - dynamic (`dynamic = True`): take the range from each tensor as it comes (min-max), as the
         GDFQ-family recipes do for weights during fine-tuning.
+      - tracking (`track_momentum = m`): in training mode, move the range towards each batch's min-max
+        by an exponential moving average with momentum m, then quantize (GDFQ's activation ranges
+        early in fine-tuning); the average is the stored range itself, not a bias-corrected copy.
     With `learnable=True` the scale is trained with LSQ's gradient (after calibration initialises it).
 
     Args:
@@ -51,9 +54,13 @@ class TensorQuantizer(nn.Module):
         qrange = int_range(spec.bits, signed=spec.symmetric and spec.signed is not False)
         self.register_buffer("qrange", torch.tensor(qrange, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(False))
+        # the moving-average range of tracking mode (NaN until the first tracked batch)
+        self.register_buffer("running_min", torch.full(shape, float("nan")))
+        self.register_buffer("running_max", torch.full(shape, float("nan")))
         self.enabled = True
         self.calibrating = False
         self.dynamic = False
+        self.track_momentum: float | None = None
         # Python copies of qrange/initialized: reading tensors in forward would sync an accelerator.
         self._qmin, self._qmax = qrange
         self._ready = False
@@ -108,6 +115,8 @@ class TensorQuantizer(nn.Module):
             return x
         if self.dynamic:
             self.set_range(*reduce_range(x.detach(), self.spec.axis))
+        elif self.track_momentum is not None and self.training:
+            self._track(x.detach())
         elif not self._ready:
             raise RuntimeError(
                 "TensorQuantizer used before its range was set: run dfq.calibrate(model, batches) "
@@ -115,6 +124,18 @@ class TensorQuantizer(nn.Module):
             )
         fq = lsq_fake_quantize if self.scale.requires_grad and self.training else fake_quantize
         return fq(x, self.scale, self.zero_point, self._qmin, self._qmax, self.spec.axis)
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor) -> None:
+        lo, hi = reduce_range(x, self.spec.axis)
+        if torch.isnan(self.running_min).any():
+            self.running_min.copy_(lo)
+            self.running_max.copy_(hi)
+        else:
+            m = self.track_momentum
+            self.running_min.add_(m * (lo - self.running_min))
+            self.running_max.add_(m * (hi - self.running_max))
+        self.set_range(self.running_min, self.running_max)
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -42,6 +42,20 @@ def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path
     assert code == 0, capsys.readouterr().err
 
 
+def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys):
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
+                       "--w-bits", "4", "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct",
+                       "--recon-images", "64", "--recon-iters", "3", "--out", str(tmp_path / "sr")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "sr" / "report.json").read_text())
+    assert report["method"] == "calibrate,reconstruct"
+    assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
+                       "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
 def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
     code = train_main(["quantize", "--model", "cifar10_resnet32", "--source", f"generator:{generator_dir}",
                        "--out", str(tmp_path / "x")])
@@ -58,3 +72,36 @@ def test_generator_quality_report(generator_dir, weights_dir, cifar_test_dir, tm
     report = json.loads(out.read_text())
     assert report["num_images"] == 64 and 0 <= report["teacher_top1"] <= 100
     assert report["bn_kl"] > 0 and report["real_diversity"] > 0 and report["images_per_second"] > 0
+
+
+def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
+    from dfq.distill import Distiller
+
+    ckpt = str(weights_dir / "resnet20-12fca82f.th")
+    out = tmp_path / "sd"
+    args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"generator:{generator_dir}",
+            "--calib-images", "32", "--batch-size", "32", "--w-bits", "4", "--a-bits", "4", "--protocol", "paper",
+            "--method", "distill", "--distill-steps", "4", "--distill-batch-size", "16", "--save-every", "2",
+            "--out", str(out)]
+    original = Distiller.step
+    calls = {"n": 0}
+
+    def ctrl_c_on_third_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Distiller, "step", ctrl_c_on_third_step)
+    assert train_main(args) == 130
+    monkeypatch.setattr(Distiller, "step", original)
+    meta = json.loads((out / "student.json").read_text())
+    assert meta["metadata"]["distill_step"] == 2
+    # the interrupted run's student evaluates
+    assert eval_main(["--checkpoint", str(out), "--data", str(weights_dir.parent / "cifar10-jpeg" / "test"),
+                      "--limit", "20", "--no-progress", "--workers", "0"]) == 0
+    assert train_main(args + ["--resume"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["distill_steps"] == 4 and report["method"] == "calibrate,distill"
+    rows = (out / "distill_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) >= 2

@@ -65,3 +65,17 @@ def test_dynamic_mode_follows_each_tensor():
 def test_per_channel_needs_channel_count():
     with pytest.raises(ValueError, match="num_channels"):
         TensorQuantizer(QuantSpec(8, axis=0))
+
+
+def test_tracking_mode_is_a_plain_ema_of_batch_ranges_in_training_only():
+    q = TensorQuantizer(QuantSpec(8))
+    q.track_momentum = 0.5
+    q.train()
+    for hi in (4.0, 8.0, 0.0):
+        q(torch.tensor([0.0, hi]))
+    # 4 -> 6 -> 3: the running maximum, not the quantizer's widened range, feeds the next update
+    assert q.running_max.item() == 3.0 and q.running_min.item() == 0.0
+    assert q.range()[1].item() == pytest.approx(3.0)
+    q.eval()
+    q(torch.tensor([0.0, 100.0]))
+    assert q.running_max.item() == 3.0

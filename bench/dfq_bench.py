@@ -1,0 +1,203 @@
+"""Data-free quantization end to end, side by side (the distillation issue's benchmark).
+
+For each setting (bits x protocol) it runs, on one teacher:
+  real-calib    calibration on real training images (MSE observers)
+  real-distill  calibrate + reconstruct + distill on real images at our step budget (the ceiling)
+  pixels        calibrate + reconstruct + distill on the pixel-optimized set
+  gdfq          the published GDFQ recipe (fresh generator in the loop) at our total step budget
+  gznq          ours: the shared generator -> calibrate -> reconstruct -> distill with the generator in the loop
+and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
+wall seconds and synthetic images consumed. The generator and pixel set are made once and reused.
+
+    python bench/dfq_bench.py --only W4A4:paper --out runs/bench_dfq
+
+Writes results.json (appending rows across runs) and results.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ASSETS, batches, machine, markdown_table, preload  # noqa: E402
+from dfq.cli.common import tune_allocator  # noqa: E402
+from dfq.data import load_dataset  # noqa: E402
+from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
+from dfq.evaluate import evaluate  # noqa: E402
+from dfq.io import write_json_atomic  # noqa: E402
+from dfq.models import create_teacher  # noqa: E402
+from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.sources import Source, open_source  # noqa: E402
+from generators.checkpoint import META_FILE, load_generator  # noqa: E402
+from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402
+from generators.pixel_opt import PIXELS_META, PixelOptConfig, load_pixels, optimize_pixels, save_pixels  # noqa: E402
+from generators.trainer import GeneratorTrainConfig, train_generator  # noqa: E402
+
+METHODS = ("real-calib", "real-distill", "pixels", "gdfq", "gznq")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar10_resnet20")
+    p.add_argument("--checkpoint")
+    p.add_argument("--train-data", default=str(ASSETS / "cifar10-jpeg" / "train"))
+    p.add_argument("--test-data", default=str(ASSETS / "cifar10-jpeg" / "test"))
+    p.add_argument("--generator", default="runs/generator_resnet20")
+    p.add_argument("--gen-steps", type=int, default=GeneratorTrainConfig.steps)
+    p.add_argument("--pixels", default="runs/pixels_resnet20")
+    p.add_argument("--only", help="comma-separated settings such as W4A4:paper,W3A3:deploy (default: all six)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--calib-images", type=int, default=2048)
+    p.add_argument("--recon-images", type=int, default=1024)
+    p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
+    p.add_argument("--distill-steps", type=int, default=DistillConfig.steps)
+    p.add_argument("--generator-every", type=int, default=4)
+    p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench_dfq")
+    return p.parse_args(argv)
+
+
+def settings(only: str | None) -> list[tuple[int, str]]:
+    all_settings = [(b, p) for p in ("paper", "deploy") for b in (4, 3, 5)]
+    if not only:
+        return all_settings
+    chosen = []
+    for item in only.split(","):
+        bits, _, protocol = item.partition(":")
+        if not bits.startswith("W") or "A" not in bits or protocol not in ("paper", "deploy"):
+            raise ValueError(f"--only entries look like W4A4:paper, got {item!r}")
+        w, a = bits[1:].split("A")
+        if w != a:
+            raise ValueError("this benchmark runs equal weight and activation bits")
+        chosen.append((int(w), protocol))
+    return chosen
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.teacher, self.spec = create_teacher(args.model, checkpoint=args.checkpoint)
+        self.test = preload(args.test_data, self.spec, limit=args.limit)
+        self.teacher_top1 = evaluate(self.teacher, batches(self.test), progress=False).top1
+        self.gen_seconds = self._ensure_generator()
+        self.pixel_seconds = self._ensure_pixels()
+
+    def _ensure_generator(self) -> float:
+        path = Path(self.args.generator)
+        if not (path / META_FILE).exists():
+            train_generator(self.teacher, self.spec, path, teacher_name=self.args.model,
+                            config=GeneratorTrainConfig(steps=self.args.gen_steps, seed=self.args.seed))
+        return json.loads((path / META_FILE).read_text())["record"]["seconds"]
+
+    def _ensure_pixels(self) -> float:
+        path = Path(self.args.pixels)
+        if not (path / PIXELS_META).exists():
+            config = PixelOptConfig(num_images=self.args.calib_images, seed=self.args.seed)
+            images, labels, seconds = optimize_pixels(self.teacher, self.spec, config)
+            save_pixels(path, images, labels, teacher=self.args.model, config=config, seconds=seconds)
+        return json.loads((path / PIXELS_META).read_text())["seconds"]
+
+    def source_batches(self, source: Source, num_images: int, seed: int):
+        return open_source(source, teacher=self.teacher, teacher_name=self.args.model, spec=self.spec,
+                           num_images=num_images, batch_size=128, seed=seed)
+
+    def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse"):
+        student = quantize_model(self.teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol,
+                                                           weight_observer=observer, act_observer=observer))
+        calibrate(student, self.source_batches(source, self.args.calib_images, self.args.seed))
+        return student
+
+    def reconstructed(self, student, source: Source):
+        images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1)]
+        reconstruct(student, self.teacher, images, ReconstructConfig(iterations=self.args.recon_iters))
+        return student
+
+    def distilled(self, student, config: DistillConfig, *, generator=None, data=None):
+        d = Distiller(student, self.teacher, self.spec, config, generator=generator, batches=data)
+        run_distillation(d, progress=False)
+        return student
+
+    def run(self, method: str, bits: int, protocol: str) -> dict:
+        a = self.args
+        real = Source("real", Path(a.train_data))
+        gen = Source("generator", Path(a.generator))
+        pixels = Source("pixels", Path(a.pixels))
+        ours = DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
+        start = time.perf_counter()
+        extra_seconds, images = 0.0, 0
+        if method == "real-calib":
+            student = self.calibrated(bits, protocol, real)
+            images = a.calib_images
+        elif method == "real-distill":
+            student = self.reconstructed(self.calibrated(bits, protocol, real), real)
+            ds = load_dataset(a.train_data, self.spec, train=True)
+            loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
+                                                 num_workers=2, generator=torch.Generator().manual_seed(a.seed))
+            student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
+            images = a.calib_images + a.recon_images + a.distill_steps * ours.batch_size
+        elif method == "pixels":
+            student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels)
+            px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
+            data = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(normalize(px, self.spec.mean, self.spec.std), labels),
+                batch_size=min(ours.batch_size, len(labels)), shuffle=True, drop_last=True,
+                generator=torch.Generator().manual_seed(a.seed))
+            student = self.distilled(student, ours, data=data)
+            extra_seconds, images = self.pixel_seconds, len(labels)
+        elif method == "gdfq":
+            # equal budget: our distillation steps plus the steps our generator was pre-trained for
+            gen_meta = json.loads((Path(a.generator) / META_FILE).read_text())
+            steps = a.distill_steps + gen_meta["record"]["step"]
+            generator = ConditionalGenerator(GeneratorConfig(num_classes=self.spec.num_classes,
+                                                             image_size=self.spec.image_size))
+            student = self.calibrated(bits, protocol, gen, observer="minmax")
+            student = self.distilled(student, gdfq_recipe(steps, seed=a.seed), generator=generator)
+            images = a.calib_images + steps * 128
+        else:  # gznq
+            generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
+            student = self.reconstructed(self.calibrated(bits, protocol, gen), gen)
+            student = self.distilled(student, ours, generator=generator)
+            extra_seconds = self.gen_seconds
+            images = a.calib_images + a.recon_images + a.distill_steps * ours.batch_size
+        seconds = time.perf_counter() - start + extra_seconds
+        r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
+        return {"setting": f"W{bits}A{bits}:{protocol}", "method": method, "top1": r.top1,
+                "drop": r.teacher_top1 - r.top1, "agreement": r.agreement, "seconds": seconds,
+                "images": images, "num_eval_images": r.num_images}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    tune_allocator()
+    torch.manual_seed(args.seed)
+    bench = Bench(args)
+    out = Path(args.out)
+    results_path = out / "results.json"
+    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+    for bits, protocol in settings(args.only):
+        for method in args.methods.split(","):
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            row = bench.run(method, bits, protocol)
+            rows = [r for r in rows if (r["setting"], r["method"]) != (row["setting"], row["method"])] + [row]
+            print(row, flush=True)
+            write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
+                                             "teacher_top1": bench.teacher_top1, "rows": rows})
+    table = markdown_table(rows, [("setting", "setting"), ("method", "method"), ("top1", "top-1"), ("drop", "drop"),
+                                  ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+import torch
+from torch import nn
+
+from dfq.quant import QuantConfig, calibrate, quantize_model
+from dfq.quant.adaround import adaround
+from dfq.quant.primitives import fake_quantize
+from dfq.quant.reconstruct import ReconstructConfig, find_blocks, reconstruct, reconstruct_block
+from tests.quant.helpers import randomize_bn
+
+
+class TinyRes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        return self.head(self.blocks(torch.relu(self.stem(x))))
+
+
+def _setup(bits=3):
+    torch.manual_seed(0)
+    teacher = randomize_bn(TinyRes())
+    images = [torch.randn(32, 3, 8, 8) for _ in range(4)]
+    student = quantize_model(teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol="paper"))
+    calibrate(student, images)
+    return teacher, student, images
+
+
+def test_blocks_are_sequence_elements_and_lone_layers():
+    _, student, _ = _setup()
+    assert find_blocks(student) == ["stem", "blocks.0", "blocks.1", "head.2"]
+
+
+def test_adaround_starts_at_the_float_weight_and_ends_on_the_grid():
+    _, student, _ = _setup()
+    layer = student.blocks[0][0]
+    w0 = layer.weight.detach().clone()
+    with adaround([layer]) as (rounding,):
+        soft = rounding()
+        q = layer.weight_quantizer
+        inside = (w0 >= q.range()[0].view(-1, 1, 1, 1)) & (w0 <= q.range()[1].view(-1, 1, 1, 1))
+        torch.testing.assert_close(soft[inside], w0[inside], atol=1e-3 * q.scale.max().item(), rtol=0)
+        assert layer.quantized_weight() is not None and rounding.alpha.requires_grad
+    assert layer.weight_rounding is None
+    q = layer.weight_quantizer
+    on_grid = fake_quantize(layer.weight, q.scale, q.zero_point, q._qmin, q._qmax, axis=0)
+    assert torch.equal(on_grid, layer.weight)  # the hard rounding is exactly representable
+    # every weight moved to one of its two neighbouring grid points
+    step = q.scale.view(-1, 1, 1, 1)
+    assert ((layer.weight - w0).abs() <= step + 1e-6).all()
+
+
+def test_reconstruction_lowers_a_blocks_output_error():
+    teacher, student, images = _setup()
+    x = torch.cat(images)
+    with torch.no_grad():
+        inputs = torch.relu(student.stem(x))
+        targets = teacher.blocks[0](torch.relu(teacher.stem(x)))
+    before, after = reconstruct_block(student.blocks[0], inputs, targets, ReconstructConfig(iterations=150, lr=1e-2))
+    assert after < 0.9 * before  # nearest rounding is already a strong start
+    assert not any(p.requires_grad for p in student.blocks[0].modules() if isinstance(p, torch.Tensor))
+    assert not student.blocks[0][0].input_quantizer.learnable
+
+
+def test_reconstruct_whole_model_improves_logits():
+    teacher, student, images = _setup()
+    x = torch.cat(images)
+    with torch.no_grad():
+        err_before = (student(x) - teacher(x)).pow(2).mean().item()
+    records = reconstruct(student, teacher, images, ReconstructConfig(iterations=100, lr=1e-2))
+    assert [r["block"] for r in records] == ["stem", "blocks.0", "blocks.1", "head.2"]
+    with torch.no_grad():
+        err_after = (student(x) - teacher(x)).pow(2).mean().item()
+    assert err_after < err_before
+    assert sum(r["mse_after"] < r["mse_before"] for r in records) >= 3
