@@ -38,6 +38,10 @@ class DistillConfig:
     instead of learned. `act_ema_steps`: for this many first steps activation ranges follow an EMA of the
     batch ranges (GDFQ), then freeze.
 
+    `mix_fraction` of every student batch is replaced by blends lam * a + (1 - lam) * b of two images of the
+    batch (lam uniform in [0, 1]): generated images are so typical that student and teacher soon agree on
+    all of them, and blends between classes are where their disagreement, and the signal, is left.
+
     Generator (in the loop when generator_every > 0): Adam at generator_lr, betas; its loss is
     bn_weight * BN (bn_loss) + gen_ce_weight * CE + diversity_weight * mode seeking
     - adversarial_weight * min(KL(teacher || student), adversarial_bound): the bound keeps it from chasing
@@ -72,6 +76,7 @@ class DistillConfig:
     adversarial_bound: float = 1.0
     warmup_steps: int = 0
     max_shift: int = 2
+    mix_fraction: float = 0.5  # share of each student batch replaced by two-image blends (boundary samples)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class DistillConfig:
             raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
         if self.steps < 1 or self.batch_size < 2 or self.temperature <= 0:
             raise ValueError("steps >= 1, batch_size >= 2 and temperature > 0 are required")
+        if not 0.0 <= self.mix_fraction <= 1.0:
+            raise ValueError(f"mix_fraction must be in [0, 1], got {self.mix_fraction}")
         if self.adversarial_weight < 0 or self.adversarial_bound <= 0:
             raise ValueError("adversarial_weight must be >= 0 and adversarial_bound > 0")
 
@@ -102,7 +109,7 @@ def gdfq_recipe(steps: int, *, batch_size: int = 128, seed: int = 0) -> DistillC
         weight_decay=1e-4, scale_lr=0.0, temperature=20.0, kl_weight=1.0, ce_weight=1.0, student_bn="train",
         dynamic_weights=True, act_ema_steps=early, act_ema_momentum=0.01, cosine=False, generator_every=1,
         generator_lr=1e-3, generator_betas=(0.5, 0.999), bn_loss="l2", bn_weight=0.1, gen_ce_weight=1.0,
-        diversity_weight=0.0, adversarial_weight=0.0, warmup_steps=early, max_shift=0, seed=seed,
+        diversity_weight=0.0, adversarial_weight=0.0, warmup_steps=early, max_shift=0, mix_fraction=0.0, seed=seed,
     )
 
 
@@ -246,8 +253,19 @@ class Distiller:
             x, y, _ = self.objective.draw(self.generator, self.rng)
         return normalize(x, self.spec.mean, self.spec.std), y, {}
 
+    def _mix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Replace the first mix_fraction of the batch by blends with randomly chosen partners."""
+        n = int(round(self.config.mix_fraction * inputs.shape[0]))
+        if n == 0:
+            return inputs
+        partners = torch.randint(inputs.shape[0], (n,), generator=self.rng).to(inputs.device)
+        lam = torch.rand(n, generator=self.rng).to(inputs.device).view(-1, *([1] * (inputs.dim() - 1)))
+        blended = lam * inputs[:n] + (1 - lam) * inputs[partners]
+        return torch.cat([blended, inputs[n:]])
+
     def _student_step(self, inputs: torch.Tensor, y: torch.Tensor) -> dict:
         c = self.config
+        inputs = self._mix(inputs)
         with torch.no_grad(), capture_penultimate(self.teacher) as t_feats:
             t_logits = self.teacher(inputs)
         with student_training_mode(self.student, freeze_bn=c.student_bn == "frozen"), \
@@ -256,8 +274,9 @@ class Distiller:
         kl = kd_loss(s_logits, t_logits, c.temperature)
         loss = c.kl_weight * kl
         parts = {"kl": kl.item()}
-        if c.ce_weight:
-            ce = F.cross_entropy(s_logits, y)
+        if c.ce_weight:  # on the unblended part of the batch, whose labels hold
+            n = int(round(c.mix_fraction * len(y)))
+            ce = F.cross_entropy(s_logits[n:], y[n:]) if n < len(y) else s_logits.new_zeros(())
             loss = loss + c.ce_weight * ce
             parts["ce"] = ce.item()
         if c.feature_weight:

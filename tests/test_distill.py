@@ -109,5 +109,6 @@ def test_gdfq_recipe_sets_the_published_hyperparameters():
     assert (c.temperature, c.kl_weight, c.ce_weight) == (20.0, 1.0, 1.0)
     assert (c.generator_lr, c.generator_betas, c.bn_loss, c.bn_weight, c.gen_ce_weight) == (1e-3, (0.5, 0.999), "l2", 0.1, 1.0)
     assert c.adversarial_weight == 0.0 and c.diversity_weight == 0.0 and c.student_bn == "train"
+    assert c.mix_fraction == 0.0 and c.max_shift == 0
     assert c.dynamic_weights and c.scale_lr == 0.0
     assert c.warmup_steps == 400 and c.act_ema_steps == 400  # 4 of 400 epochs
