@@ -1,0 +1,31 @@
+import json
+import os
+import stat
+
+import pytest
+
+from dfq.io import atomic_write, write_json_atomic
+
+
+def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "state.json"
+    write_json_atomic(target, {"step": 1})
+
+    def failing(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, failing)
+    assert json.loads(target.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o644
