@@ -1,5 +1,9 @@
 """How good is a generator's data? Teacher accuracy on its samples, BN-statistics losses, within-class
-diversity of teacher features (against real images), and stream throughput."""
+diversity of teacher features and of pixels (against real images), and stream throughput.
+
+Both diversity figures are reported because either alone misleads: feature distance can stay high while
+images of one class look alike (small pixel changes that move the features), and pixel distance can stay
+high for noise the teacher does not see."""
 
 from __future__ import annotations
 
@@ -58,24 +62,43 @@ class QualityReport:
     real_diversity: float | None  # the same on real images, when given
     num_images: int
     images_per_second: float | None = None  # stream throughput, when measured
+    pixel_diversity: float | None = None  # within-class mean pairwise distance of the (normalized) images
+    real_pixel_diversity: float | None = None
 
     @property
     def diversity_ratio(self) -> float | None:
         return None if not self.real_diversity else self.diversity / self.real_diversity
 
+    @property
+    def pixel_diversity_ratio(self) -> float | None:
+        if not self.real_pixel_diversity or self.pixel_diversity is None:
+            return None
+        return self.pixel_diversity / self.real_pixel_diversity
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "diversity_ratio": self.diversity_ratio}
+        return {**asdict(self), "diversity_ratio": self.diversity_ratio,
+                "pixel_diversity_ratio": self.pixel_diversity_ratio}
 
 
 @torch.no_grad()
-def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
+def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Penultimate features, labels and downsampled pixels of every image in `batches`."""
+    feats, labels, pixels = [], [], []
+    device = next(teacher.parameters()).device
     with capture_penultimate(teacher) as captured:
         for x, y in batches:
-            teacher(x)
+            teacher(x.to(device))
             feats.append(captured[-1].cpu())
             labels.append(y.cpu())
-    return torch.cat(feats), torch.cat(labels)
+            pixels.append(_pixel_vectors(x))
+    return torch.cat(feats), torch.cat(labels), torch.cat(pixels)
+
+
+def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """Images as vectors for the pixel-diversity figure, at most size x size so large models stay cheap."""
+    if x.shape[-1] > size:
+        x = torch.nn.functional.adaptive_avg_pool2d(x, size)
+    return x.flatten(1).cpu()
 
 
 @torch.no_grad()
@@ -86,7 +109,7 @@ def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iter
     teacher.eval()
     correct = n = num_batches = 0
     kl = l2 = 0.0
-    feats, labels = [], []
+    feats, labels, pixels = [], [], []
     device = next(teacher.parameters()).device
     with capture_penultimate(teacher) as captured:
         for x, y in batches:
@@ -100,13 +123,20 @@ def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iter
             num_batches += 1
             feats.append(captured[-1].cpu())
             labels.append(y.cpu())
+            pixels.append(_pixel_vectors(x))
     if n == 0:
         raise ValueError("no images to judge: the batches were empty")
-    real_diversity = None if real_batches is None else within_class_distance(*_features_of(teacher, real_batches))
+    labels_all = torch.cat(labels)
+    real_diversity = real_pixel_diversity = None
+    if real_batches is not None:
+        real_feats, real_labels, real_pixels = _features_of(teacher, real_batches)
+        real_diversity = within_class_distance(real_feats, real_labels)
+        real_pixel_diversity = within_class_distance(real_pixels, real_labels)
     return QualityReport(
         teacher_top1=100 * correct / n, bn_kl=kl / num_batches, bn_l2=l2 / num_batches,
-        diversity=within_class_distance(torch.cat(feats), torch.cat(labels)), real_diversity=real_diversity,
-        num_images=n,
+        diversity=within_class_distance(torch.cat(feats), labels_all), real_diversity=real_diversity,
+        num_images=n, pixel_diversity=within_class_distance(torch.cat(pixels), labels_all),
+        real_pixel_diversity=real_pixel_diversity,
     )
 
 

@@ -4,7 +4,7 @@ import torch
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from generators.pixel_opt import PixelOptConfig, load_pixels, optimize_pixels, save_pixels
-from generators.quality import capture_penultimate, within_class_distance
+from generators.quality import capture_penultimate, measure_quality, within_class_distance
 from tests.generators.helpers import TINY_SPEC, tiny_teacher
 
 
@@ -47,3 +47,16 @@ def test_penultimate_capture_hooks_the_last_linear_and_cleans_up():
     assert feats[-1].shape == (3, 8)
     assert torch.allclose(feats[-1], teacher[:-1](x))
     assert not teacher[-1]._forward_pre_hooks
+
+
+def test_collapsed_classes_have_zero_pixel_diversity_against_real():
+    """Copies of one image per class: pixel diversity is exactly zero however the features look."""
+    teacher = tiny_teacher()
+    torch.manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(8)
+    one_per_class = torch.randn(4, 3, TINY_SPEC.image_size, TINY_SPEC.image_size)
+    collapsed = [(one_per_class[labels], labels)]
+    real = [(torch.randn(32, 3, TINY_SPEC.image_size, TINY_SPEC.image_size), labels)]
+    report = measure_quality(teacher, collapsed, real_batches=real).to_dict()
+    assert report["pixel_diversity"] == 0.0 and report["pixel_diversity_ratio"] == 0.0
+    assert report["real_pixel_diversity"] > 0 and report["diversity"] == pytest.approx(0.0, abs=1e-4)
