@@ -111,7 +111,8 @@ def main(argv=None) -> None:
                          "drop": teacher_top1 - r.top1, "agreement": r.agreement,
                          "make_seconds": make_seconds[kind], "calib_seconds": calib_seconds,
                          "teacher_top1_on_data": quality[kind]["teacher_top1"],
-                         "diversity_ratio": quality[kind]["diversity_ratio"], "bn_kl": quality[kind]["bn_kl"]})
+                         "diversity_ratio": quality[kind]["diversity_ratio"],
+                         "pixel_diversity_ratio": quality[kind]["pixel_diversity_ratio"], "bn_kl": quality[kind]["bn_kl"]})
             print(rows[-1], flush=True)
     out = Path(args.out)
     write_json_atomic(out / "results.json", {"args": vars(args), "machine": machine(), "teacher_top1": teacher_top1,
@@ -119,7 +120,8 @@ def main(argv=None) -> None:
     table = markdown_table(rows, [("source", "source"), ("bits", "bits"), ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("make_seconds", "s to make"),
                                   ("calib_seconds", "s to calibrate"), ("teacher_top1_on_data", "teacher top-1 on data"),
-                                  ("diversity_ratio", "diversity vs real"), ("bn_kl", "BN KL")])
+                                  ("diversity_ratio", "feature diversity vs real"),
+                                  ("pixel_diversity_ratio", "pixel diversity vs real"), ("bn_kl", "BN KL")])
     (out / "results.md").write_text(table + "\n")
     print(table)
 

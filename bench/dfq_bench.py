@@ -4,10 +4,12 @@ For each setting (bits x protocol) it runs, on one teacher:
   real-calib    calibration on real training images (MSE observers)
   real-distill  calibrate + reconstruct + distill on real images at our step budget (the ceiling)
   pixels        calibrate + reconstruct + distill on the pixel-optimized set
-  gdfq          the published GDFQ recipe (fresh generator in the loop) at our total step budget
+  gdfq          the published GDFQ recipe (fresh generator in the loop) at --gdfq-steps
   gznq          ours: the shared generator -> calibrate -> reconstruct -> distill with the generator in the loop
 and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
-wall seconds and synthetic images consumed. The generator and pixel set are made once and reused.
+wall seconds (generator or pixel-set making included) and images consumed. The generator and pixel set
+are made once and reused. `--distill-steps 0` leaves out the distillation stage; every row names the
+pipeline that produced it.
 
     python bench/dfq_bench.py --only W4A4:paper --out runs/bench_dfq
 
@@ -59,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=2048)
     p.add_argument("--recon-images", type=int, default=1024)
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
-    p.add_argument("--distill-steps", type=int, default=DistillConfig.steps)
+    p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
+    p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
+    p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
     p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset (quick runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -119,10 +123,13 @@ class Bench:
 
     def reconstructed(self, student, source: Source):
         images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1)]
-        reconstruct(student, self.teacher, images, ReconstructConfig(iterations=self.args.recon_iters))
+        reconstruct(student, self.teacher, images,
+                    ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop))
         return student
 
     def distilled(self, student, config: DistillConfig, *, generator=None, data=None):
+        if self.args.distill_steps == 0:
+            return student
         d = Distiller(student, self.teacher, self.spec, config, generator=generator, batches=data)
         run_distillation(d, progress=False)
         return student
@@ -132,19 +139,22 @@ class Bench:
         real = Source("real", Path(a.train_data))
         gen = Source("generator", Path(a.generator))
         pixels = Source("pixels", Path(a.pixels))
-        ours = DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
+        ours = DistillConfig(steps=max(a.distill_steps, 1), generator_every=a.generator_every, seed=a.seed)
+        distill_images = a.distill_steps * ours.batch_size
+        recon = f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop})"
+        pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
         start = time.perf_counter()
         extra_seconds, images = 0.0, 0
         if method == "real-calib":
             student = self.calibrated(bits, protocol, real)
-            images = a.calib_images
+            images, pipeline = a.calib_images, "calibrate(mse)"
         elif method == "real-distill":
             student = self.reconstructed(self.calibrated(bits, protocol, real), real)
             ds = load_dataset(a.train_data, self.spec, train=True)
             loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
                                                  num_workers=2, generator=torch.Generator().manual_seed(a.seed))
             student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
-            images = a.calib_images + a.recon_images + a.distill_steps * ours.batch_size
+            images = a.calib_images + a.recon_images + distill_images
         elif method == "pixels":
             student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels)
             px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
@@ -155,23 +165,25 @@ class Bench:
             student = self.distilled(student, ours, data=data)
             extra_seconds, images = self.pixel_seconds, len(labels)
         elif method == "gdfq":
-            # equal budget: our distillation steps plus the steps our generator was pre-trained for
+            # default budget: our distillation steps plus the steps our generator was pre-trained for
             gen_meta = json.loads((Path(a.generator) / META_FILE).read_text())
-            steps = a.distill_steps + gen_meta["record"]["step"]
+            steps = a.gdfq_steps or a.distill_steps + gen_meta["record"]["step"]
+            pipeline = f"calibrate(minmax)+gdfq({steps})"
             generator = ConditionalGenerator(GeneratorConfig(num_classes=self.spec.num_classes,
                                                              image_size=self.spec.image_size))
             student = self.calibrated(bits, protocol, gen, observer="minmax")
-            student = self.distilled(student, gdfq_recipe(steps, seed=a.seed), generator=generator)
+            d = Distiller(student, self.teacher, self.spec, gdfq_recipe(steps, seed=a.seed), generator=generator)
+            run_distillation(d, progress=False)
             images = a.calib_images + steps * 128
         else:  # gznq
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
             student = self.reconstructed(self.calibrated(bits, protocol, gen), gen)
             student = self.distilled(student, ours, generator=generator)
             extra_seconds = self.gen_seconds
-            images = a.calib_images + a.recon_images + a.distill_steps * ours.batch_size
+            images = a.calib_images + a.recon_images + distill_images
         seconds = time.perf_counter() - start + extra_seconds
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
-        return {"setting": f"W{bits}A{bits}:{protocol}", "method": method, "top1": r.top1,
+        return {"setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline, "top1": r.top1,
                 "drop": r.teacher_top1 - r.top1, "agreement": r.agreement, "seconds": seconds,
                 "images": images, "num_eval_images": r.num_images}
 
@@ -183,17 +195,22 @@ def main(argv=None) -> None:
     bench = Bench(args)
     out = Path(args.out)
     results_path = out / "results.json"
-    rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
     for bits, protocol in settings(args.only):
         for method in args.methods.split(","):
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
             row = bench.run(method, bits, protocol)
-            rows = [r for r in rows if (r["setting"], r["method"]) != (row["setting"], row["method"])] + [row]
+            row["command"] = "python " + " ".join(sys.argv)
+            # re-read so that runs of other settings in parallel processes keep their rows
+            rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
+            key = ("setting", "method", "pipeline")
+            rows = [r for r in rows if [r.get(k) for k in key] != [row[k] for k in key]] + [row]
             print(row, flush=True)
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
-    table = markdown_table(rows, [("setting", "setting"), ("method", "method"), ("top1", "top-1"), ("drop", "drop"),
+    rows = json.loads(results_path.read_text())["rows"]
+    table = markdown_table(rows, [("setting", "setting"), ("method", "method"), ("pipeline", "pipeline"),
+                                  ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
     (out / "results.md").write_text(table + "\n")
     print(table)

@@ -24,7 +24,9 @@ class ReconstructConfig:
     """iterations: optimizer steps per block. batch_size: images per step. lr: Adam rate of the rounding
     variables; act_lr: of the activation step sizes (0 keeps them fixed). reg_weight, beta_start, beta_end,
     warmup: AdaRound's rounding regularizer, its annealed exponent, and the fraction of iterations before
-    it starts."""
+    it starts. drop_prob: QDrop (Wei et al. 2022): while reconstructing, each activation element skips its
+    quantization with this probability, which flattens the loss landscape and generalizes from the few
+    (synthetic) reconstruction images to real ones; 0 turns it off."""
 
     iterations: int = 500
     batch_size: int = 32
@@ -34,11 +36,14 @@ class ReconstructConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2
+    drop_prob: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be positive")
+        if not 0 <= self.drop_prob < 1:
+            raise ValueError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")
 
@@ -80,6 +85,23 @@ def _capture(module: nn.Module, *, output: bool):
         yield store
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def activation_drop(quantizers: list[nn.Module], prob: float, generator: torch.Generator):
+    """Within the block, each element passing through one of `quantizers` keeps its float value with
+    probability `prob` (QDrop); the hooks are removed on exit."""
+
+    def hook(module, inputs, output):
+        keep_float = torch.rand(output.shape, generator=generator).to(output.device) < prob
+        return torch.where(keep_float, inputs[0], output)
+
+    handles = [q.register_forward_hook(hook) for q in quantizers] if prob > 0 else []
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _StopForward(Exception):
@@ -130,7 +152,7 @@ def reconstruct_block(
         block.eval()  # BN uses its running statistics
         for p, _ in params_state:
             p.requires_grad_(False)
-        with adaround(layers) as roundings:
+        with adaround(layers) as roundings, activation_drop(act_quantizers, config.drop_prob, gen):
             groups = [{"params": [r.alpha for r in roundings], "lr": config.lr}]
             if config.act_lr > 0 and act_quantizers:
                 for q in act_quantizers:

@@ -1,10 +1,11 @@
+import pytest
 import torch
 from torch import nn
 
 from dfq.quant import QuantConfig, calibrate, quantize_model
 from dfq.quant.adaround import adaround
 from dfq.quant.primitives import fake_quantize
-from dfq.quant.reconstruct import ReconstructConfig, find_blocks, reconstruct, reconstruct_block
+from dfq.quant.reconstruct import ReconstructConfig, activation_drop, find_blocks, reconstruct, reconstruct_block
 from tests.quant.helpers import randomize_bn
 
 
@@ -78,3 +79,34 @@ def test_reconstruct_whole_model_improves_logits():
         err_after = (student(x) - teacher(x)).pow(2).mean().item()
     assert err_after < err_before
     assert sum(r["mse_after"] < r["mse_before"] for r in records) >= 3
+
+
+def test_activation_drop_keeps_float_values_at_the_drop_rate_and_cleans_up():
+    _, student, images = _setup(bits=2)
+    quantizer = student.blocks[0][0].input_quantizer
+    x = torch.relu(torch.randn(64, 8, 8, 8))
+    quantized = quantizer(x)
+    differs = quantized != x  # elements whose quantization changes them
+    with activation_drop([quantizer], 0.25, torch.Generator().manual_seed(0)):
+        dropped = quantizer(x)
+    kept_float = (dropped == x) & differs
+    assert torch.equal(dropped[~kept_float], quantized[~kept_float])  # the rest is exactly quantized
+    assert abs(kept_float.sum().item() / differs.sum().item() - 0.25) < 0.02
+    assert torch.equal(quantizer(x), quantized)  # hooks gone
+
+
+def test_reconstruction_with_qdrop_still_lowers_the_error():
+    teacher, student, images = _setup()
+    x = torch.cat(images)
+    with torch.no_grad():
+        inputs = torch.relu(student.stem(x))
+        targets = teacher.blocks[0](torch.relu(teacher.stem(x)))
+    config = ReconstructConfig(iterations=150, lr=1e-2, drop_prob=0.5)
+    before, after = reconstruct_block(student.blocks[0], inputs, targets, config)
+    assert after < 0.9 * before
+    assert not student.blocks[0][0].input_quantizer._forward_hooks
+
+
+def test_drop_prob_must_be_a_probability():
+    with pytest.raises(ValueError, match="drop_prob must be in"):
+        ReconstructConfig(drop_prob=1.0)
