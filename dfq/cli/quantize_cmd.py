@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
                    help=f"one of {', '.join(METHODS)}, or a comma-separated chain; calibration always runs first")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations, help="reconstruction steps per block")
     p.add_argument("--recon-images", type=int, default=1024, help="images in the reconstruction set")
+    p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
+                   help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
@@ -64,11 +66,12 @@ def _calibrate_and_reconstruct(args, methods, source, student, teacher, spec) ->
         return open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=num_images,
                            batch_size=args.batch_size, seed=seed, num_workers=args.workers)
 
+    # built first so that a bad reconstruction option fails before any calibration work
+    config = ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop, seed=args.seed)
     calibrate(student, batches(args.calib_images, args.seed), progress=True)
     if "reconstruct" not in methods:
         return {}
     recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
-    config = ReconstructConfig(iterations=args.recon_iters, seed=args.seed)
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 

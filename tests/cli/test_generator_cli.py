@@ -46,7 +46,7 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
                        "--w-bits", "4", "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct",
-                       "--recon-images", "64", "--recon-iters", "3", "--out", str(tmp_path / "sr")])
+                       "--recon-images", "64", "--recon-iters", "3", "--recon-drop", "0.5", "--out", str(tmp_path / "sr")])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
     assert report["method"] == "calibrate,reconstruct"
@@ -54,6 +54,10 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
                        "--out", str(tmp_path / "bad")]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--source", f"generator:{generator_dir}", "--calib-images", "32", "--method", "reconstruct",
+                       "--recon-drop", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "drop_prob must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
