@@ -56,7 +56,7 @@ class DistillConfig:
     nesterov: bool = True
     weight_decay: float = 0.0
     scale_lr: float = 1e-4
-    temperature: float = 1.0
+    temperature: float = 4.0  # at 1 the student soon matches the teacher's near one-hot outputs: no signal
     kl_weight: float = 1.0
     ce_weight: float = 0.0
     feature_weight: float = 0.0

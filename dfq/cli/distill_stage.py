@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-batch-size", type=int, default=d.batch_size)
     p.add_argument("--distill-lr", type=float, default=d.lr)
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--mix-fraction", type=float, default=d.mix_fraction,
+                   help="share of each student batch replaced by blends of two images")
     p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight)
     p.add_argument("--generator-every", type=int, default=d.generator_every,
                    help="update the generator every N student steps (0: frozen generator)")
@@ -45,7 +47,7 @@ def distill_config(args: argparse.Namespace) -> DistillConfig:
         return gdfq_recipe(args.distill_steps, batch_size=args.distill_batch_size, seed=args.seed)
     return DistillConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.distill_lr,
                          temperature=args.temperature, adversarial_weight=args.adversarial_weight,
-                         generator_every=args.generator_every, seed=args.seed)
+                         generator_every=args.generator_every, mix_fraction=args.mix_fraction, seed=args.seed)
 
 
 def _data(source: Source, *, teacher, teacher_name, spec, config: DistillConfig, seed: int):
