@@ -127,8 +127,8 @@ class Bench:
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop))
         return student
 
-    def distilled(self, student, config: DistillConfig, *, generator=None, data=None):
-        if self.args.distill_steps == 0:
+    def distilled(self, student, config: DistillConfig | None, *, generator=None, data=None):
+        if config is None:  # --distill-steps 0
             return student
         d = Distiller(student, self.teacher, self.spec, config, generator=generator, batches=data)
         run_distillation(d, progress=False)
@@ -139,8 +139,9 @@ class Bench:
         real = Source("real", Path(a.train_data))
         gen = Source("generator", Path(a.generator))
         pixels = Source("pixels", Path(a.pixels))
-        ours = DistillConfig(steps=max(a.distill_steps, 1), generator_every=a.generator_every, seed=a.seed)
-        distill_images = a.distill_steps * ours.batch_size
+        ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
+                if a.distill_steps else None)
+        distill_images = a.distill_steps * DistillConfig.batch_size
         recon = f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop})"
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
         start = time.perf_counter()
@@ -150,17 +151,18 @@ class Bench:
             images, pipeline = a.calib_images, "calibrate(mse)"
         elif method == "real-distill":
             student = self.reconstructed(self.calibrated(bits, protocol, real), real)
-            ds = load_dataset(a.train_data, self.spec, train=True)
-            loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
-                                                 num_workers=2, generator=torch.Generator().manual_seed(a.seed))
-            student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
+            if ours:  # scanning the 50,000 training files is worth it only when distilling
+                ds = load_dataset(a.train_data, self.spec, train=True)
+                loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
+                                                     num_workers=2, generator=torch.Generator().manual_seed(a.seed))
+                student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
             images = a.calib_images + a.recon_images + distill_images
         elif method == "pixels":
             student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels)
             px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
             data = torch.utils.data.DataLoader(
                 torch.utils.data.TensorDataset(normalize(px, self.spec.mean, self.spec.std), labels),
-                batch_size=min(ours.batch_size, len(labels)), shuffle=True, drop_last=True,
+                batch_size=min(DistillConfig.batch_size, len(labels)), shuffle=True, drop_last=True,
                 generator=torch.Generator().manual_seed(a.seed))
             student = self.distilled(student, ours, data=data)
             extra_seconds, images = self.pixel_seconds, len(labels)
@@ -172,8 +174,7 @@ class Bench:
             generator = ConditionalGenerator(GeneratorConfig(num_classes=self.spec.num_classes,
                                                              image_size=self.spec.image_size))
             student = self.calibrated(bits, protocol, gen, observer="minmax")
-            d = Distiller(student, self.teacher, self.spec, gdfq_recipe(steps, seed=a.seed), generator=generator)
-            run_distillation(d, progress=False)
+            student = self.distilled(student, gdfq_recipe(steps, seed=a.seed), generator=generator)
             images = a.calib_images + steps * 128
         else:  # gznq
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)

@@ -253,19 +253,20 @@ class Distiller:
             x, y, _ = self.objective.draw(self.generator, self.rng)
         return normalize(x, self.spec.mean, self.spec.std), y, {}
 
-    def _mix(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Replace the first mix_fraction of the batch by blends with randomly chosen partners."""
+    def _mix(self, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Replace the first mix_fraction of the batch by blends with randomly chosen partners; returns the
+        batch and how many of its leading images are blends."""
         n = int(round(self.config.mix_fraction * inputs.shape[0]))
         if n == 0:
-            return inputs
+            return inputs, 0
         partners = torch.randint(inputs.shape[0], (n,), generator=self.rng).to(inputs.device)
         lam = torch.rand(n, generator=self.rng).to(inputs.device).view(-1, *([1] * (inputs.dim() - 1)))
         blended = lam * inputs[:n] + (1 - lam) * inputs[partners]
-        return torch.cat([blended, inputs[n:]])
+        return torch.cat([blended, inputs[n:]]), n
 
     def _student_step(self, inputs: torch.Tensor, y: torch.Tensor) -> dict:
         c = self.config
-        inputs = self._mix(inputs)
+        inputs, num_blended = self._mix(inputs)
         with torch.no_grad(), capture_penultimate(self.teacher) as t_feats:
             t_logits = self.teacher(inputs)
         with student_training_mode(self.student, freeze_bn=c.student_bn == "frozen"), \
@@ -275,7 +276,7 @@ class Distiller:
         loss = c.kl_weight * kl
         parts = {"kl": kl.item()}
         if c.ce_weight:  # on the unblended part of the batch, whose labels hold
-            n = int(round(c.mix_fraction * len(y)))
+            n = num_blended
             ce = F.cross_entropy(s_logits[n:], y[n:]) if n < len(y) else s_logits.new_zeros(())
             loss = loss + c.ce_weight * ce
             parts["ce"] = ce.item()

@@ -56,12 +56,16 @@ def test_adaround_starts_at_the_float_weight_and_ends_on_the_grid():
     assert ((layer.weight - w0).abs() <= step + 1e-6).all()
 
 
-def test_reconstruction_lowers_a_blocks_output_error():
-    teacher, student, images = _setup()
+def _first_block_data(teacher, student, images):
+    """The first block's input on the student's quantized path and its target on the teacher's."""
     x = torch.cat(images)
     with torch.no_grad():
-        inputs = torch.relu(student.stem(x))
-        targets = teacher.blocks[0](torch.relu(teacher.stem(x)))
+        return torch.relu(student.stem(x)), teacher.blocks[0](torch.relu(teacher.stem(x)))
+
+
+def test_reconstruction_lowers_a_blocks_output_error():
+    teacher, student, images = _setup()
+    inputs, targets = _first_block_data(teacher, student, images)
     before, after = reconstruct_block(student.blocks[0], inputs, targets, ReconstructConfig(iterations=150, lr=1e-2))
     assert after < 0.9 * before  # nearest rounding is already a strong start
     assert not any(p.requires_grad for p in student.blocks[0].modules() if isinstance(p, torch.Tensor))
@@ -97,10 +101,7 @@ def test_activation_drop_keeps_float_values_at_the_drop_rate_and_cleans_up():
 
 def test_reconstruction_with_qdrop_still_lowers_the_error():
     teacher, student, images = _setup()
-    x = torch.cat(images)
-    with torch.no_grad():
-        inputs = torch.relu(student.stem(x))
-        targets = teacher.blocks[0](torch.relu(teacher.stem(x)))
+    inputs, targets = _first_block_data(teacher, student, images)
     config = ReconstructConfig(iterations=150, lr=1e-2, drop_prob=0.5)
     before, after = reconstruct_block(student.blocks[0], inputs, targets, config)
     assert after < 0.9 * before
