@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recon-images", type=int, default=1024)
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
+    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
+                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
     p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
     p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
@@ -124,7 +126,8 @@ class Bench:
     def reconstructed(self, student, source: Source):
         images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1)]
         reconstruct(student, self.teacher, images,
-                    ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop))
+                    ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
+                                      last_block=self.args.recon_last_block))
         return student
 
     def distilled(self, student, config: DistillConfig | None, *, generator=None, data=None):
@@ -142,7 +145,8 @@ class Bench:
         ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
                 if a.distill_steps else None)
         distill_images = a.distill_steps * DistillConfig.batch_size
-        recon = f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop})"
+        recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
+                 f"{'' if a.recon_last_block else ', classifier as calibrated'})")
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
         start = time.perf_counter()
         extra_seconds, images = 0.0, 0

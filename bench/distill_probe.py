@@ -1,6 +1,6 @@
 """Does distillation help after reconstruction? A probe, not the benchmark.
 
-Calibrates (MSE) and reconstructs a student from the generator (300 iterations per block, 1,024 images;
+Calibrates (MSE) and reconstructs a student from the generator (ReconstructConfig defaults, 1,024 images;
 cached in --cache), then distills it with the generator in the loop, evaluating on a class-balanced
 subset of the real test set every 200 steps.
 
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
                                             num_images=1024, batch_size=128)]
         student = quantize_model(teacher, config)
         calibrate(student, images)
-        reconstruct(student, teacher, images, ReconstructConfig(iterations=300))
+        reconstruct(student, teacher, images, ReconstructConfig())
         save_student(student, cache, config=config, teacher=args.model)
 
     def report(tag) -> None:

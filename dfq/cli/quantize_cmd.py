@@ -47,6 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--recon-images", type=int, default=1024, help="images in the reconstruction set")
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
+    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
+                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
@@ -67,7 +69,8 @@ def _calibrate_and_reconstruct(args, methods, source, student, teacher, spec) ->
                            batch_size=args.batch_size, seed=seed, num_workers=args.workers)
 
     # built first so that a bad reconstruction option fails before any calibration work
-    config = ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop, seed=args.seed)
+    config = ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop,
+                               last_block=args.recon_last_block, seed=args.seed)
     calibrate(student, batches(args.calib_images, args.seed), progress=True)
     if "reconstruct" not in methods:
         return {}
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
         "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
     if "reconstruct" in methods:
-        metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters)
+        metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
+                        recon_last_block=args.recon_last_block)
     if "distill" in methods:
         records.update(distill_stage.run_distill(args, student=student, teacher=teacher, spec=spec, source=source,
                                                  quant_config=config, metadata=metadata))

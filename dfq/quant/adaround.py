@@ -52,6 +52,12 @@ class AdaRoundWeight(nn.Module):
         codes = torch.clamp(self.w_floor + offset + z, q._qmin, q._qmax)
         return (codes - z) * s
 
+    def undecided(self, margin: float = 0.1) -> int:
+        """How many soft offsets still lie more than `margin` away from both 0 and 1: weights whose final
+        hard rounding the optimization did not settle."""
+        h = self.soft_offset().detach()
+        return int(((h > margin) & (h < 1 - margin)).sum())
+
     def regularizer(self, beta: float) -> torch.Tensor:
         """sum(1 - |2h - 1|^beta): zero once every offset is exactly 0 or 1."""
         return (1 - (2 * self.soft_offset() - 1).abs().pow(beta)).sum()

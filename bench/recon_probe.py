@@ -1,0 +1,92 @@
+"""Which reconstruction settings generalize from generated images to real ones? A probe, not the benchmark.
+
+Calibrates one student (MSE observers, 2,048 images from --source), then for each variant reconstructs a
+copy of it on 1,024 images (or n=...) from the same source and evaluates it beside the teacher on the
+real test set. A variant is ReconstructConfig fields plus `n` (reconstruction images) and `mix` (share of
+each reconstruction batch replaced by blends of two of its images), separated by semicolons:
+
+    python bench/recon_probe.py --bits 4 --protocol paper \\
+        --variants "iterations=500, last_block=True; iterations=500; iterations=500, mix=0.5"
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ASSETS, batches, preload  # noqa: E402
+from dfq.cli.common import tune_allocator  # noqa: E402
+from dfq.evaluate import evaluate  # noqa: E402
+from dfq.models import create_teacher  # noqa: E402
+from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.sources import open_source, parse_source  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar10_resnet20")
+    p.add_argument("--source", default="generator:runs/generator_resnet20")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--protocol", default="paper")
+    p.add_argument("--variants", default="iterations=500")
+    p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
+    return p.parse_args(argv)
+
+
+def parse_variant(text: str) -> dict:
+    """'iterations=500, mix=0.5' -> {'iterations': 500, 'mix': 0.5} (literals only)."""
+    call = ast.parse(f"dict({text})", mode="eval").body
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def blend(images: list[torch.Tensor], share: float, seed: int) -> list[torch.Tensor]:
+    """Replace `share` of every batch with lam * a + (1 - lam) * b of two of its images, lam ~ U(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for x in images:
+        k = int(share * len(x))
+        x = x.clone()
+        if k:
+            idx, other = torch.randperm(len(x), generator=g)[:k], torch.randperm(len(x), generator=g)[:k]
+            lam = torch.rand(k, 1, 1, 1, generator=g)
+            x[idx] = lam * x[idx] + (1 - lam) * x[other]
+        out.append(x)
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    tune_allocator()
+    teacher, spec = create_teacher(args.model)
+    test = preload(str(ASSETS / "cifar10-jpeg" / "test"), spec, limit=args.limit)
+    source = parse_source(args.source)
+
+    def images(n: int, seed: int) -> list[torch.Tensor]:
+        return [x for x, _ in open_source(source, teacher=teacher, teacher_name=args.model, spec=spec,
+                                          num_images=n, batch_size=128, seed=seed)]
+
+    base = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
+                                               weight_observer="mse", act_observer="mse"))
+    calibrate(base, images(2048, 0))
+    for text in args.variants.split(";"):
+        fields = parse_variant(text)
+        n, mix = fields.pop("n", 1024), fields.pop("mix", 0.0)
+        student, start = copy.deepcopy(base), time.perf_counter()
+        records = reconstruct(student, teacher, blend(images(n, 1), mix, seed=5), ReconstructConfig(**fields))
+        r = evaluate(student, batches(test), teacher=teacher, progress=False)
+        print(f"{text.strip()}: drop {r.teacher_top1 - r.top1:.2f} agreement {r.agreement:.2f} "
+              f"top1 {r.top1:.2f} ({time.perf_counter() - start:.0f} s; undecided rounding per block "
+              f"{[round(x['undecided'], 3) for x in records]})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
