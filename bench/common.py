@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 from pathlib import Path
@@ -43,3 +44,12 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def parse_kwargs(text: str) -> dict:
+    """'iterations=500, mix=0.5' -> {'iterations': 500, 'mix': 0.5}: keyword literals, as probes take
+    config fields on the command line."""
+    call = ast.parse(f"dict({text})", mode="eval").body
+    if call.args:
+        raise ValueError(f"expected name=value pairs, got {text!r}")
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}

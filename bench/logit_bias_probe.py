@@ -19,8 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ASSETS, batches, preload  # noqa: E402
-from bench.recon_probe import parse_variant  # noqa: E402
+from bench.common import ASSETS, batches, parse_kwargs, preload  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
@@ -53,7 +52,7 @@ def main(argv=None) -> None:
     student = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
                                                   weight_observer="mse", act_observer="mse"))
     calibrate(student, images(source, 2048, 0))
-    reconstruct(student, teacher, images(source, 1024, 1), ReconstructConfig(**parse_variant(args.config)))
+    reconstruct(student, teacher, images(source, 1024, 1), ReconstructConfig(**parse_kwargs(args.config)))
 
     @torch.no_grad()
     def shift(xs) -> torch.Tensor:

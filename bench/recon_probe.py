@@ -12,7 +12,6 @@ each reconstruction batch replaced by blends of two of its images), separated by
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ASSETS, batches, preload  # noqa: E402
+from bench.common import ASSETS, batches, parse_kwargs, preload  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
@@ -40,12 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="iterations=500")
     p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
     return p.parse_args(argv)
-
-
-def parse_variant(text: str) -> dict:
-    """'iterations=500, mix=0.5' -> {'iterations': 500, 'mix': 0.5} (literals only)."""
-    call = ast.parse(f"dict({text})", mode="eval").body
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
 
 
 def blend(images: list[torch.Tensor], share: float, seed: int) -> list[torch.Tensor]:
@@ -78,7 +71,7 @@ def main(argv=None) -> None:
                                                weight_observer="mse", act_observer="mse"))
     calibrate(base, images(2048, 0))
     for text in args.variants.split(";"):
-        fields = parse_variant(text)
+        fields = parse_kwargs(text)
         n, mix = fields.pop("n", 1024), fields.pop("mix", 0.0)
         student, start = copy.deepcopy(base), time.perf_counter()
         records = reconstruct(student, teacher, blend(images(n, 1), mix, seed=5), ReconstructConfig(**fields))

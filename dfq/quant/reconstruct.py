@@ -228,8 +228,9 @@ def reconstruct(
     progress: bool = False,
 ) -> list[dict]:
     """Reconstruct the blocks of a calibrated `student` (from `quantize_model` on `teacher`), in order (the
-    last one only with `config.last_block`, or when it is the only one): each block's input comes from the student with the blocks before it already reconstructed, its target
-    from the teacher's same-named block on the full-precision path.
+    last one only with `config.last_block`, or when it is the only one): each block's input comes from the
+    student with the blocks before it already reconstructed, its target from the teacher's same-named block
+    on the full-precision path.
 
     Args:
         images: batches of normalized images (the reconstruction set, e.g. 1,024 generated images).
