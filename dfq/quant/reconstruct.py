@@ -32,8 +32,9 @@ class ReconstructConfig:
     which flattens the loss landscape and generalizes from the few (synthetic) reconstruction images to
     real ones; 0 turns it off. last_block: reconstruct the last unit too (the classifier, whose output is
     the logits); False leaves it with its calibrated, round-to-nearest weights. On generated images neither
-    choice won clearly (`bench/recon_probe.py`, ResNet-20 `paper`: at W4A4 without QDrop the test drop was
-    2.18 with it and 1.65 without; at W3A3 with QDrop 8.17 with it and 8.73 without)."""
+    choice won clearly (`bench/recon_probe.py --bits 4|3 --protocol paper --variants "drop_prob=D,
+    last_block=True; drop_prob=D, last_block=False"`: at W4A4, D=0, the test drop was 2.18 with it and
+    1.65 without; at W3A3, D=0.5, 8.17 with it and 8.73 without)."""
 
     iterations: int = 500
     batch_size: int = 32
