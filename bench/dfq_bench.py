@@ -5,7 +5,8 @@ For each setting (bits x protocol) it runs, on one teacher:
   real-distill  calibrate + reconstruct + distill on real images at our step budget (the ceiling)
   pixels        calibrate + reconstruct + distill on the pixel-optimized set
   gdfq          the published GDFQ recipe (fresh generator in the loop) at --gdfq-steps
-  gznq          ours: the shared generator -> calibrate -> reconstruct -> distill with the generator in the loop
+  gznq          ours: the shared generator -> refine its batches (--refine-steps) -> calibrate -> reconstruct
+                -> distill with the generator in the loop
 and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
 wall seconds (generator or pixel-set making included) and images consumed. The generator and pixel set
 are made once and reused. `--distill-steps 0` leaves out the distillation stage; every row names the
@@ -42,6 +43,7 @@ from dfq.sources import Source, open_source  # noqa: E402
 from generators.checkpoint import META_FILE, load_generator  # noqa: E402
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402
 from generators.pixel_opt import PIXELS_META, PixelOptConfig, load_pixels, optimize_pixels, save_pixels  # noqa: E402
+from generators.refine import RefineConfig  # noqa: E402
 from generators.trainer import GeneratorTrainConfig, train_generator  # noqa: E402
 
 METHODS = ("real-calib", "real-distill", "pixels", "gdfq", "gznq")
@@ -64,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
                    help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
+    p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
+                   help="ours: refine each generated calibration/reconstruction batch this many steps (0: raw)")
     p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
     p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
@@ -113,18 +117,19 @@ class Bench:
             save_pixels(path, images, labels, teacher=self.args.model, config=config, seconds=seconds)
         return json.loads((path / PIXELS_META).read_text())["seconds"]
 
-    def source_batches(self, source: Source, num_images: int, seed: int):
+    def source_batches(self, source: Source, num_images: int, seed: int, refine: RefineConfig | None = None):
         return open_source(source, teacher=self.teacher, teacher_name=self.args.model, spec=self.spec,
-                           num_images=num_images, batch_size=128, seed=seed)
+                           num_images=num_images, batch_size=128, seed=seed, refine=refine)
 
-    def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse"):
+    def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse",
+                   refine: RefineConfig | None = None):
         student = quantize_model(self.teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol,
                                                            weight_observer=observer, act_observer=observer))
-        calibrate(student, self.source_batches(source, self.args.calib_images, self.args.seed))
+        calibrate(student, self.source_batches(source, self.args.calib_images, self.args.seed, refine))
         return student
 
-    def reconstructed(self, student, source: Source):
-        images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1)]
+    def reconstructed(self, student, source: Source, refine: RefineConfig | None = None):
+        images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1, refine)]
         reconstruct(student, self.teacher, images,
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
                                       last_block=self.args.recon_last_block))
@@ -182,8 +187,11 @@ class Bench:
             images = a.calib_images + steps * 128
         else:  # gznq
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
-            student = self.reconstructed(self.calibrated(bits, protocol, gen), gen)
+            refine = RefineConfig(steps=a.refine_steps) if a.refine_steps else None
+            student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, refine)
             student = self.distilled(student, ours, generator=generator)
+            if refine:
+                pipeline = f"refine({a.refine_steps})+{pipeline}"
             extra_seconds = self.gen_seconds
             images = a.calib_images + a.recon_images + distill_images
         seconds = time.perf_counter() - start + extra_seconds

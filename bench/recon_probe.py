@@ -3,7 +3,9 @@
 Calibrates one student (MSE observers, 2,048 images from --source), then for each variant reconstructs a
 copy of it on 1,024 images (or n=...) from the same source and evaluates it beside the teacher on the
 real test set. A variant is ReconstructConfig fields plus `n` (reconstruction images) and `mix` (share of
-each reconstruction batch replaced by blends of two of its images), separated by semicolons:
+each reconstruction batch replaced by blends of two of its images), separated by semicolons. With
+--refine-steps, generated batches are refined against the teacher's BN statistics first (the reconstruction
+set once, shared by the variants; the time to make it is reported by the first variant that uses it):
 
     python bench/recon_probe.py --bits 4 --protocol paper \\
         --variants "iterations=500, last_block=True; iterations=500; iterations=500, mix=0.5"
@@ -28,6 +30,7 @@ from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.sources import open_source, parse_source  # noqa: E402
+from generators.refine import RefineConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--protocol", default="paper")
     p.add_argument("--variants", default="iterations=500")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="refine generated batches for this many steps (generators.refine; 0: raw samples)")
+    p.add_argument("--refine-calib", action=argparse.BooleanOptionalAction, default=True,
+                   help="refine the calibration set too (--no-refine-calib: only the reconstruction set)")
     p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
     return p.parse_args(argv)
 
@@ -63,18 +70,24 @@ def main(argv=None) -> None:
     test = preload(str(ASSETS / "cifar10-jpeg" / "test"), spec, limit=args.limit)
     source = parse_source(args.source)
 
-    def images(n: int, seed: int) -> list[torch.Tensor]:
+    def images(n: int, seed: int, refine_steps: int) -> list[torch.Tensor]:
+        refine = RefineConfig(steps=refine_steps) if refine_steps else None
         return [x for x, _ in open_source(source, teacher=teacher, teacher_name=args.model, spec=spec,
-                                          num_images=n, batch_size=128, seed=seed)]
+                                          num_images=n, batch_size=128, seed=seed, refine=refine)]
 
     base = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
                                                weight_observer="mse", act_observer="mse"))
-    calibrate(base, images(2048, 0))
+    start = time.perf_counter()
+    calibrate(base, images(2048, 0, args.refine_steps if args.refine_calib else 0))
+    print(f"calibrated in {time.perf_counter() - start:.0f} s", flush=True)
+    recon_sets: dict[int, list[torch.Tensor]] = {}
     for text in args.variants.split(";"):
         fields = parse_kwargs(text)
         n, mix = fields.pop("n", 1024), fields.pop("mix", 0.0)
         student, start = copy.deepcopy(base), time.perf_counter()
-        records = reconstruct(student, teacher, blend(images(n, 1), mix, seed=5), ReconstructConfig(**fields))
+        if n not in recon_sets:
+            recon_sets[n] = images(n, 1, args.refine_steps)
+        records = reconstruct(student, teacher, blend(recon_sets[n], mix, seed=5), ReconstructConfig(**fields))
         r = evaluate(student, batches(test), teacher=teacher, progress=False)
         print(f"{text.strip()}: drop {r.teacher_top1 - r.top1:.2f} agreement {r.agreement:.2f} "
               f"top1 {r.top1:.2f} ({time.perf_counter() - start:.0f} s; undecided rounding per block "

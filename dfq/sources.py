@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from dfq.data import load_dataset
 from dfq.models.spec import InputSpec
+
+if TYPE_CHECKING:
+    from generators.refine import RefineConfig
 
 SOURCE_KINDS = ("real", "generator", "pixels")
 
@@ -71,27 +75,34 @@ def open_source(
     batch_size: int = 128,
     seed: int = 0,
     num_workers: int = 0,
+    refine: RefineConfig | None = None,
 ) -> Iterable:
     """Batches of (normalized images, labels) from `source`, `num_images` in all (rounded up to whole
-    batches for a generator).
+    batches for a generator). With `refine` (generator sources only), each generated batch is refined
+    against the teacher's BN statistics before it is handed out (generators.refine).
 
     Raises:
         ValueError / FileNotFoundError: a source that does not exist, belongs to another teacher, or holds
-            fewer images than asked for.
+            fewer images than asked for; refinement asked of a source that is not a generator.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
+    if refine is not None and refine.steps > 0 and source.kind != "generator":
+        raise ValueError(f"refinement applies to generator sources, not {source.kind}:; set its steps to 0")
     if source.kind == "real":
         return real_calibration_loader(source.path, spec, num_images=num_images, batch_size=batch_size, seed=seed,
                                        num_workers=num_workers)
     device = next(teacher.parameters()).device
     if source.kind == "generator":
         from generators.checkpoint import load_generator
+        from generators.refine import RefinedBatches
         from generators.stream import SyntheticStream
 
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
-        return SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
-                               num_batches=math.ceil(num_images / batch_size), device=device)
+        refining = refine is not None and refine.steps > 0
+        stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
+                                 num_batches=math.ceil(num_images / batch_size), device=device, normalized=not refining)
+        return RefinedBatches(stream, teacher, spec, refine, seed=seed) if refining else stream
     from generators.network import normalize
     from generators.pixel_opt import load_pixels
 

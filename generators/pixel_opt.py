@@ -12,16 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from dfq.io import atomic_write, write_json_atomic
 from dfq.models.spec import InputSpec
-from generators.augment import random_jitter
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder
-from generators.network import normalize
+from generators.bn_stats import BN_LOSSES
+from generators.refine import RefineConfig, optimize_logits
 from generators.trainer import balanced_labels
 
 PIXELS_FILE = "pixels.safetensors"
@@ -65,34 +63,19 @@ def optimize_pixels(
     device = next(teacher.parameters()).device
     rng = torch.Generator().manual_seed(config.seed)
     labels = balanced_labels(config.num_images, spec.num_classes, rng)
-    bn_loss = BN_LOSSES[config.bn_loss]
+    refine = RefineConfig(steps=config.iterations, lr=config.lr, bn_loss=config.bn_loss, bn_weight=config.bn_weight,
+                          ce_weight=config.ce_weight, tv_weight=config.tv_weight, max_shift=config.max_shift,
+                          flip=config.flip)
     images = []
     start = time.perf_counter()
     bar = tqdm(total=config.num_images, desc="pixels", unit="img", disable=not progress)
     for first in range(0, config.num_images, config.batch_size):
         y = labels[first:first + config.batch_size].to(device)
-        logits_px = torch.randn(len(y), spec.channels, spec.image_size, spec.image_size, generator=rng).to(device)
-        logits_px.requires_grad_(True)
-        opt = torch.optim.Adam([logits_px], lr=config.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iterations)
-        for _ in range(config.iterations):
-            x = torch.sigmoid(logits_px)
-            jittered = random_jitter(x, max_shift=config.max_shift, flip=config.flip, generator=rng)
-            with BNStatsRecorder(teacher) as rec:
-                out = teacher(normalize(jittered, spec.mean, spec.std))
-            loss = config.bn_weight * bn_loss(rec.stats)
-            if config.ce_weight:
-                loss = loss + config.ce_weight * F.cross_entropy(out, y)
-            if config.tv_weight:
-                loss = loss + config.tv_weight * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-                                                  + (x[..., 1:] - x[..., :-1]).abs().mean())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        images.append(torch.sigmoid(logits_px.detach()).cpu())
+        init = torch.randn(len(y), spec.channels, spec.image_size, spec.image_size, generator=rng).to(device)
+        x, loss = optimize_logits(teacher, spec, init, y, refine, generator=rng)
+        images.append(x.cpu())
         bar.update(len(y))
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     return torch.cat(images), labels, time.perf_counter() - start
 

@@ -15,6 +15,7 @@ from dfq.models import create_teacher
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.sources import open_source, parse_source
+from generators.refine import RefineConfig
 
 METHODS = ("calibrate", "reconstruct", "distill")
 
@@ -49,6 +50,9 @@ def add_parser(sub) -> None:
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
                    help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
+    p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
+                   help="generator sources: refine each calibration and reconstruction batch for this many steps "
+                        "against the teacher's BN statistics (0: raw samples)")
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
@@ -62,11 +66,19 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def refine_config(args, source) -> RefineConfig | None:
+    """The refinement of generated batches asked for on the command line (None: none or not a generator)."""
+    config = RefineConfig(steps=args.refine_steps)  # validates the value for every source
+    return config if source.kind == "generator" and config.steps > 0 else None
+
+
 def _calibrate_and_reconstruct(args, methods, source, student, teacher, spec) -> dict:
     """Calibrate `student` from `source`, then reconstruct it when asked; returns report records."""
+    refine = refine_config(args, source)
+
     def batches(num_images: int, seed: int):
         return open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=num_images,
-                           batch_size=args.batch_size, seed=seed, num_workers=args.workers)
+                           batch_size=args.batch_size, seed=seed, num_workers=args.workers, refine=refine)
 
     # built first so that a bad reconstruction option fails before any calibration work
     config = ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop,
@@ -100,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         "method": ",".join(methods), "source": str(source), "calib_images": args.calib_images, "seed": args.seed,
         "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
+    if refine_config(args, source) is not None:
+        metadata["refine_steps"] = args.refine_steps
     if "reconstruct" in methods:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
                         recon_last_block=args.recon_last_block)

@@ -32,9 +32,10 @@ def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path
     ckpt = str(weights_dir / "resnet20-12fca82f.th")
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source",
                        f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
-                       "--out", str(tmp_path / "sg")])
+                       "--refine-steps", "0", "--out", str(tmp_path / "sg")])
     assert code == 0, capsys.readouterr().err
-    assert json.loads((tmp_path / "sg" / "student.json").read_text())["metadata"]["source"].startswith("generator:")
+    metadata = json.loads((tmp_path / "sg" / "student.json").read_text())["metadata"]
+    assert metadata["source"].startswith("generator:") and "refine_steps" not in metadata
     assert train_main(["pixels", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--num-images", "16",
                        "--batch-size", "16", "--iterations", "2", "--out", str(tmp_path / "px")]) == 0
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source",
@@ -46,10 +47,11 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
                        "--w-bits", "4", "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct",
-                       "--recon-images", "64", "--recon-iters", "3", "--recon-drop", "0.5", "--out", str(tmp_path / "sr")])
+                       "--recon-images", "64", "--recon-iters", "3", "--recon-drop", "0.5", "--refine-steps", "2",
+                       "--out", str(tmp_path / "sr")])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
-    assert report["method"] == "calibrate,reconstruct"
+    assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
                        "--out", str(tmp_path / "bad")]) == 2
@@ -58,6 +60,9 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys
                        "--source", f"generator:{generator_dir}", "--calib-images", "32", "--method", "reconstruct",
                        "--recon-drop", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "drop_prob must be in [0, 1)" in capsys.readouterr().err
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--source", f"generator:{generator_dir}", "--refine-steps", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "refinement steps must be >= 0" in capsys.readouterr().err
 
 
 def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
@@ -87,7 +92,7 @@ def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, 
     out = tmp_path / "sd"
     args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"generator:{generator_dir}",
             "--calib-images", "32", "--batch-size", "32", "--w-bits", "4", "--a-bits", "4", "--protocol", "paper",
-            "--method", "distill", "--distill-steps", "4", "--distill-batch-size", "16", "--save-every", "2",
+            "--method", "distill", "--refine-steps", "0", "--distill-steps", "4", "--distill-batch-size", "16", "--save-every", "2",
             "--out", str(out)]
     original = Distiller.step
     calls = {"n": 0}

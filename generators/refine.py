@@ -1,0 +1,144 @@
+"""Pixel refinement of synthetic batches: a few steps of optimizing a batch's pixels against the teacher's
+BatchNorm statistics and cross-entropy, starting from the generator's samples (or, for the pixel baseline,
+from noise).
+
+A generator trained on the BN losses matches the statistics on average over many batches; refinement makes
+each batch that a student will be calibrated and reconstructed on match them itself, as the pixel baseline
+does, at a fraction of its cost (it starts from an image, not from noise). On ResNet-20 W4A4 it roughly
+halved the test drop after reconstruction (see `bench/recon_probe.py` and the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfq.models.spec import InputSpec
+from generators.augment import random_jitter
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder
+from generators.network import normalize
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """steps: Adam steps per batch (0: no refinement). lr: Adam rate on the pixel logits, cosine-annealed to 0.
+    bn_loss: "kl" (GZNQ) or "l2" (GDFQ), measured on the whole batch, with weight bn_weight. ce_weight: weight
+    of the teacher's cross-entropy on the batch's labels. tv_weight: total-variation prior. max_shift, flip: random jitter
+    before the teacher at every step (as in generator training), so the pixels do not overfit one view."""
+
+    steps: int = 50
+    lr: float = 0.05
+    bn_loss: str = "kl"
+    bn_weight: float = 1.0
+    ce_weight: float = 1.0
+    tv_weight: float = 0.0
+    max_shift: int = 2
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bn_loss not in BN_LOSSES:
+            raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
+        if self.steps < 0:
+            raise ValueError(f"refinement steps must be >= 0, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"refinement lr must be positive, got {self.lr}")
+
+
+def optimize_logits(
+    teacher: nn.Module,
+    spec: InputSpec,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    config: RefineConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Optimize pixel logits (images are sigmoid(logits)) of one batch for `config.steps` Adam steps against
+    the BN loss of the whole batch plus the teacher's cross-entropy on `labels`. The teacher must be in
+    eval mode with frozen parameters.
+
+    Returns:
+        (images in [0, 1], detached; the last step's loss, or nan for 0 steps).
+    """
+    logits = logits.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.steps, 1))
+    bn_loss = BN_LOSSES[config.bn_loss]
+    loss = torch.tensor(float("nan"))
+    for _ in range(config.steps):
+        x = torch.sigmoid(logits)
+        jittered = random_jitter(x, max_shift=config.max_shift, flip=config.flip, generator=generator)
+        with BNStatsRecorder(teacher) as rec:
+            out = teacher(normalize(jittered, spec.mean, spec.std))
+        loss = config.bn_weight * bn_loss(rec.stats)
+        if config.ce_weight:
+            loss = loss + config.ce_weight * F.cross_entropy(out, labels)
+        if config.tv_weight:
+            loss = loss + config.tv_weight * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+                                              + (x[..., 1:] - x[..., :-1]).abs().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return torch.sigmoid(logits.detach()), float(loss.detach())
+
+
+def refine_images(
+    teacher: nn.Module,
+    spec: InputSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: RefineConfig = RefineConfig(),
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Refine a batch of images in [0, 1] (B, C, H, W) for the teacher; returns refined images in [0, 1].
+    The teacher's modes and parameters' requires_grad are restored afterwards.
+
+    Raises:
+        ValueError: images outside [0, 1] (normalized images must be un-normalized first) or a batch of one
+            (a batch's statistics need at least two images).
+    """
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError("refine_images takes pixels in [0, 1], not normalized images")
+    if len(images) < 2:
+        raise ValueError("refinement matches a batch's BatchNorm statistics; it needs at least 2 images")
+    if config.steps == 0:
+        return images
+    eps = 1e-4  # keeps the logits of saturated pixels finite
+    params = [(p, p.requires_grad) for p in teacher.parameters()]
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), labels, config,
+                                         generator=generator)
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
+        teacher.train(was_training)
+    return refined
+
+
+class RefinedBatches:
+    """Iterable over `batches` of (images in [0, 1], labels) that yields (normalized refined images, labels):
+    each batch is refined for the teacher with `config` (seeded jitter, so a run repeats exactly)."""
+
+    def __init__(self, batches: Iterable, teacher: nn.Module, spec: InputSpec, config: RefineConfig, *,
+                 seed: int = 0) -> None:
+        self.batches, self.teacher, self.spec, self.config, self.seed = batches, teacher, spec, config, seed
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = torch.Generator().manual_seed(self.seed)
+        for images, labels in self.batches:
+            refined = refine_images(self.teacher, self.spec, images, labels, self.config, generator=rng)
+            yield normalize(refined, self.spec.mean, self.spec.std), labels

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from dfq.sources import Source, open_source
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss
+from generators.network import normalize
+from generators.refine import RefineConfig, RefinedBatches, refine_images
+from tests.generators.helpers import TINY_SPEC, tiny_teacher
+
+
+def _kl(teacher, images):
+    with torch.no_grad(), BNStatsRecorder(teacher) as rec:
+        teacher(normalize(images, TINY_SPEC.mean, TINY_SPEC.std))
+    return bn_kl_loss(rec.stats).item()
+
+
+def _batch(seed=0, n=16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.sigmoid(torch.randn(n, 3, 8, 8, generator=g)), torch.arange(n) % 4
+
+
+def test_refinement_lowers_the_batch_bn_loss_and_restores_the_teacher():
+    teacher = tiny_teacher()
+    teacher.train()  # refinement must use running statistics and hand the mode back
+    images, labels = _batch()
+    refined = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=60, lr=0.1, ce_weight=0.0))
+    assert refined.shape == images.shape and refined.min() >= 0 and refined.max() <= 1
+    teacher.eval()
+    before, after = _kl(teacher, images), _kl(teacher, refined)
+    assert after < 0.5 * before, (before, after)
+    teacher.train()
+    refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=1))
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    assert not any(m._forward_pre_hooks for m in teacher.modules())
+
+
+def test_zero_steps_is_the_identity_and_bad_inputs_are_refused():
+    teacher = tiny_teacher()
+    images, labels = _batch()
+    assert refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=0)) is images
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\], not normalized"):
+        refine_images(teacher, TINY_SPEC, normalize(images, TINY_SPEC.mean, TINY_SPEC.std), labels)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        refine_images(teacher, TINY_SPEC, images[:1], labels[:1])
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        RefineConfig(steps=-1)
+    with pytest.raises(ValueError, match="unknown BN loss 'l1'"):
+        RefineConfig(bn_loss="l1")
+
+
+def test_refined_batches_are_normalized_and_repeat_exactly():
+    teacher = tiny_teacher()
+    batches = [_batch(seed) for seed in range(2)]
+    config = RefineConfig(steps=3, lr=0.1)
+    stream = RefinedBatches(batches, teacher, TINY_SPEC, config, seed=4)
+    first, second = list(stream), list(stream)
+    assert len(stream) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
+    direct = refine_images(teacher, TINY_SPEC, *batches[0], config, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(first[0][0], normalize(direct, TINY_SPEC.mean, TINY_SPEC.std))
+    assert torch.equal(first[1][1], batches[1][1])
+
+
+def test_refinement_of_a_real_source_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="refinement applies to generator sources, not real:"):
+        open_source(Source("real", tmp_path), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
+                    num_images=4, refine=RefineConfig(steps=5))
