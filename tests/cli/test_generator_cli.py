@@ -43,15 +43,17 @@ def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path
     assert code == 0, capsys.readouterr().err
 
 
-def test_reconstruct_from_generator(generator_dir, weights_dir, tmp_path, capsys):
+def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, tmp_path, capsys):
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
                        "--w-bits", "4", "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct",
                        "--recon-images", "64", "--recon-iters", "3", "--recon-drop", "0.5", "--refine-steps", "2",
-                       "--out", str(tmp_path / "sr")])
+                       "--eval-data", str(cifar_test_dir), "--eval-limit", "40", "--workers", "0", "--out", str(tmp_path / "sr")])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
-    assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2
+    assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2 and report["num_images"] == 40
+    saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
+    assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
                        "--out", str(tmp_path / "bad")]) == 2
