@@ -11,8 +11,10 @@ from dfq.io import atomic_write
 
 
 @torch.no_grad()
-def class_grid(generator, *, per_class: int = 10, classes: list[int] | None = None, seed: int = 0) -> torch.Tensor:
-    """A (3, H, W) grid, one row per class (at most the first 20 classes), `per_class` samples each."""
+def class_samples(generator, *, per_class: int = 10, classes: list[int] | None = None,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [0, 1] on the CPU, labels): `per_class` samples of each class (at most the first 20
+    classes), grouped by class."""
     c = generator.config
     classes = list(range(min(c.num_classes, 20))) if classes is None else classes
     device = next(generator.parameters()).device
@@ -25,7 +27,13 @@ def class_grid(generator, *, per_class: int = 10, classes: list[int] | None = No
         images = generator(z, y, sample=True)
     finally:
         generator.train(was_training)
-    return make_grid(images.cpu(), nrow=per_class, padding=1, pad_value=1.0)
+    return images.cpu(), y.cpu()
+
+
+def class_grid(generator, *, per_class: int = 10, classes: list[int] | None = None, seed: int = 0) -> torch.Tensor:
+    """A (3, H, W) grid, one row per class (at most the first 20 classes), `per_class` samples each."""
+    images, _ = class_samples(generator, per_class=per_class, classes=classes, seed=seed)
+    return make_grid(images, nrow=per_class, padding=1, pad_value=1.0)
 
 
 def save_class_grid(generator, path: str | os.PathLike, **kwargs) -> None:
