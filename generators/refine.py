@@ -127,12 +127,14 @@ def refine_images(
 
 
 class RefinedBatches:
-    """Iterable over `batches` of (images in [0, 1], labels) that yields (normalized refined images, labels):
-    each batch is refined for the teacher with `config` (seeded jitter, so a run repeats exactly)."""
+    """Iterable over `batches` of (images in [0, 1], labels) that yields (refined images, labels), normalized
+    with the teacher's mean and std unless `normalized=False`: each batch is refined for the teacher with
+    `config` (seeded jitter, so a run repeats exactly)."""
 
     def __init__(self, batches: Iterable, teacher: nn.Module, spec: InputSpec, config: RefineConfig, *,
-                 seed: int = 0) -> None:
+                 seed: int = 0, normalized: bool = True) -> None:
         self.batches, self.teacher, self.spec, self.config, self.seed = batches, teacher, spec, config, seed
+        self.normalized = normalized
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -141,4 +143,4 @@ class RefinedBatches:
         rng = torch.Generator().manual_seed(self.seed)
         for images, labels in self.batches:
             refined = refine_images(self.teacher, self.spec, images, labels, self.config, generator=rng)
-            yield normalize(refined, self.spec.mean, self.spec.std), labels
+            yield (normalize(refined, self.spec.mean, self.spec.std) if self.normalized else refined), labels

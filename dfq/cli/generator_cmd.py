@@ -15,6 +15,7 @@ from generators.bn_stats import BN_LOSSES
 from generators.checkpoint import load_generator
 from generators.network import GeneratorConfig
 from generators.pixel_opt import PixelOptConfig, optimize_pixels, save_pixels
+from generators.refine import RefineConfig, RefinedBatches
 from generators.stream import SyntheticStream
 from generators.trainer import GeneratorTrainConfig, train_generator
 
@@ -50,6 +51,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--classes", help="comma-separated class indices (default: all, balanced)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="refine each batch this many steps against the teacher's BN statistics, as `quantize` does "
+                        "(needs the teacher: its name comes from the generator, its weights from --checkpoint or "
+                        "the usual places)")
+    p.add_argument("--checkpoint", help="local weights file for the teacher (only with --refine-steps)")
     p.add_argument("--device", default=default_device())
     p.set_defaults(func=run_sample)
 
@@ -89,6 +95,12 @@ def run_sample(args: argparse.Namespace) -> None:
     stream = SyntheticStream(generator, meta["input_spec"]["mean"], meta["input_spec"]["std"], batch_size=batch,
                              classes=classes, seed=args.seed, num_batches=-(-args.num_images // batch),
                              normalized=False)
+    refine = RefineConfig(steps=args.refine_steps)
+    if refine.steps:
+        teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint)
+        teacher.to(args.device)
+        load_generator(args.generator, teacher_name=meta["teacher"], teacher=teacher)  # refuses other weights
+        stream = RefinedBatches(stream, teacher, spec, refine, seed=args.seed, normalized=False)
     out = Path(args.out)
     digits = len(str(generator.config.num_classes - 1))
     written = 0

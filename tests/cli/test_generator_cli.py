@@ -1,6 +1,9 @@
 import json
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from dfq.cli.eval_cli import main as eval_main
 from dfq.cli.train_cli import main as train_main
@@ -26,6 +29,17 @@ def test_sample_writes_an_image_folder(generator_dir, tmp_path):
     folders = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert folders == [str(i) for i in range(10)]
     assert sum(len(list(f.glob("*.png"))) for f in (tmp_path / "s").iterdir()) == 25
+
+
+def test_sample_refined_differs_from_raw(generator_dir, weights_dir, tmp_path):
+    ckpt = str(weights_dir / "resnet20-12fca82f.th")
+    for name, steps in (("raw", "0"), ("refined", "3")):
+        assert train_main(["sample", "--generator", str(generator_dir), "--num-images", "4", "--batch-size", "4",
+                           "--refine-steps", steps, "--checkpoint", ckpt, "--out", str(tmp_path / name)]) == 0
+    raw, refined = (sorted((tmp_path / name).glob("*/*.png")) for name in ("raw", "refined"))
+    assert [p.relative_to(tmp_path / "raw") for p in raw] == [p.relative_to(tmp_path / "refined") for p in refined]
+    pixels = [[torch.from_numpy(np.asarray(Image.open(p))) for p in files] for files in (raw, refined)]
+    assert any(not torch.equal(a, b) for a, b in zip(*pixels))
 
 
 def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path, capsys):
