@@ -18,19 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfq.io import atomic_write  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
-from generators.bn_stats import BNStatsRecorder, bn_kl_loss  # noqa: E402
 from generators.checkpoint import load_generator  # noqa: E402
 from generators.grid import class_samples  # noqa: E402
 from generators.network import normalize  # noqa: E402
+from generators.quality import measure_quality  # noqa: E402
 from generators.refine import RefineConfig, refine_images  # noqa: E402
 
 
-@torch.no_grad()
 def describe(teacher, spec, images: torch.Tensor, labels: torch.Tensor) -> str:
-    with BNStatsRecorder(teacher) as rec:
-        logits = teacher(normalize(images, spec.mean, spec.std))
-    top1 = (logits.argmax(1) == labels).float().mean().item() * 100
-    return f"BN KL {bn_kl_loss(rec.stats).item():.4f}, teacher top-1 {top1:.1f}"
+    report = measure_quality(teacher, [(normalize(images, spec.mean, spec.std), labels)])
+    return f"BN KL {report.bn_kl:.4f}, teacher top-1 {report.teacher_top1:.1f}"
 
 
 def main(argv=None) -> None:

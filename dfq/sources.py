@@ -87,7 +87,8 @@ def open_source(
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    if refine is not None and refine.steps > 0 and source.kind != "generator":
+    refining = refine is not None and refine.steps > 0
+    if refining and source.kind != "generator":
         raise ValueError(f"refinement applies to generator sources, not {source.kind}:; set its steps to 0")
     if source.kind == "real":
         return real_calibration_loader(source.path, spec, num_images=num_images, batch_size=batch_size, seed=seed,
@@ -99,7 +100,6 @@ def open_source(
         from generators.stream import SyntheticStream
 
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
-        refining = refine is not None and refine.steps > 0
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
                                  num_batches=math.ceil(num_images / batch_size), device=device, normalized=not refining)
         return RefinedBatches(stream, teacher, spec, refine, seed=seed) if refining else stream

@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 from dfq.cli.common import default_device
 from dfq.models import create_teacher
 from generators.bn_stats import BN_LOSSES
-from generators.checkpoint import load_generator
+from generators.checkpoint import check_teacher, load_generator
 from generators.network import GeneratorConfig
 from generators.pixel_opt import PixelOptConfig, optimize_pixels, save_pixels
 from generators.refine import RefineConfig, RefinedBatches
@@ -99,7 +99,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if refine.steps:
         teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint)
         teacher.to(args.device)
-        load_generator(args.generator, teacher_name=meta["teacher"], teacher=teacher)  # refuses other weights
+        check_teacher(meta, teacher=teacher, path=args.generator)  # refuses other weights
         stream = RefinedBatches(stream, teacher, spec, refine, seed=args.seed, normalized=False)
     out = Path(args.out)
     digits = len(str(generator.config.num_classes - 1))

@@ -72,10 +72,9 @@ def refine_config(args, source) -> RefineConfig | None:
     return config if source.kind == "generator" and config.steps > 0 else None
 
 
-def _calibrate_and_reconstruct(args, methods, source, student, teacher, spec) -> dict:
-    """Calibrate `student` from `source`, then reconstruct it when asked; returns report records."""
-    refine = refine_config(args, source)
-
+def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, spec) -> dict:
+    """Calibrate `student` from `source` (its batches refined with `refine` when given), then reconstruct it
+    when asked; returns report records."""
     def batches(num_images: int, seed: int):
         return open_source(source, teacher=teacher, teacher_name=args.model, spec=spec, num_images=num_images,
                            batch_size=args.batch_size, seed=seed, num_workers=args.workers, refine=refine)
@@ -95,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     methods = parse_methods(args.method)
     source = parse_source(args.source)
+    refine = refine_config(args, source)
     config = QuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
         weight_observer=args.weight_observer, act_observer=args.act_observer,
@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> dict:
     student = quantize_model(teacher, config)
     records = {}
     if not args.resume:  # a resumed distillation loads the student it had reached
-        records.update(_calibrate_and_reconstruct(args, methods, source, student, teacher, spec))
+        records.update(_calibrate_and_reconstruct(args, methods, source, refine, student, teacher, spec))
     metadata = {
         "method": ",".join(methods), "source": str(source), "calib_images": args.calib_images, "seed": args.seed,
         "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
-    if refine_config(args, source) is not None:
-        metadata["refine_steps"] = args.refine_steps
+    if refine is not None:
+        metadata["refine_steps"] = refine.steps
     if "reconstruct" in methods:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
                         recon_last_block=args.recon_last_block)

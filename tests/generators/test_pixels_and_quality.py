@@ -1,17 +1,9 @@
 import pytest
 import torch
 
-from generators.bn_stats import BNStatsRecorder, bn_kl_loss
-from generators.network import normalize
 from generators.pixel_opt import PixelOptConfig, load_pixels, optimize_pixels, save_pixels
 from generators.quality import capture_penultimate, measure_quality, within_class_distance
-from tests.generators.helpers import TINY_SPEC, tiny_teacher
-
-
-def _kl(teacher, images):
-    with torch.no_grad(), BNStatsRecorder(teacher) as rec:
-        teacher(normalize(images, TINY_SPEC.mean, TINY_SPEC.std))
-    return bn_kl_loss(rec.stats).item()
+from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
 
 def test_pixel_optimization_lowers_the_bn_loss_and_round_trips(tmp_path):
@@ -21,7 +13,7 @@ def test_pixel_optimization_lowers_the_bn_loss_and_round_trips(tmp_path):
     assert images.shape == (32, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
     assert torch.bincount(labels).tolist() == [8, 8, 8, 8] and seconds > 0
     start = torch.sigmoid(torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
-    assert _kl(teacher, images) < 0.5 * _kl(teacher, start)
+    assert batch_bn_kl(teacher, images) < 0.5 * batch_bn_kl(teacher, start)
     save_pixels(tmp_path / "p", images, labels, teacher="tiny", config=config, seconds=seconds)
     again, again_labels, meta = load_pixels(tmp_path / "p", teacher_name="tiny")
     assert torch.equal(again, images) and torch.equal(again_labels, labels) and meta["num_images"] == 32

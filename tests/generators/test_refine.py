@@ -2,16 +2,9 @@ import pytest
 import torch
 
 from dfq.sources import Source, open_source
-from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from generators.refine import RefineConfig, RefinedBatches, refine_images
-from tests.generators.helpers import TINY_SPEC, tiny_teacher
-
-
-def _kl(teacher, images):
-    with torch.no_grad(), BNStatsRecorder(teacher) as rec:
-        teacher(normalize(images, TINY_SPEC.mean, TINY_SPEC.std))
-    return bn_kl_loss(rec.stats).item()
+from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
 
 def _batch(seed=0, n=16):
@@ -26,7 +19,7 @@ def test_refinement_lowers_the_batch_bn_loss_and_restores_the_teacher():
     refined = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=60, lr=0.1, ce_weight=0.0))
     assert refined.shape == images.shape and refined.min() >= 0 and refined.max() <= 1
     teacher.eval()
-    before, after = _kl(teacher, images), _kl(teacher, refined)
+    before, after = batch_bn_kl(teacher, images), batch_bn_kl(teacher, refined)
     assert after < 0.5 * before, (before, after)
     teacher.train()
     refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=1))
