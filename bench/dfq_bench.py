@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ASSETS, batches, machine, markdown_table, preload  # noqa: E402
+from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.data import load_dataset  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
@@ -62,12 +62,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--calib-images", type=int, default=2048)
     p.add_argument("--recon-images", type=int, default=1024)
+    p.add_argument("--recon-from-calib", action=argparse.BooleanOptionalAction, default=False,
+                   help="reconstruct on the first --recon-images calibration images instead of a separate set")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
                    help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="ours: refine each generated calibration/reconstruction batch this many steps (0: raw)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="batch of calibration/reconstruction images, which is also the refinement batch")
+    p.add_argument("--refine-config", default="", help="further RefineConfig fields, e.g. 'boundary_share=0.5'")
     p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
     p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
@@ -119,17 +124,24 @@ class Bench:
 
     def source_batches(self, source: Source, num_images: int, seed: int, refine: RefineConfig | None = None):
         return open_source(source, teacher=self.teacher, teacher_name=self.args.model, spec=self.spec,
-                           num_images=num_images, batch_size=128, seed=seed, refine=refine)
+                           num_images=num_images, batch_size=self.args.batch_size, seed=seed, refine=refine)
 
     def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse",
                    refine: RefineConfig | None = None):
         student = quantize_model(self.teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol,
                                                            weight_observer=observer, act_observer=observer))
-        calibrate(student, self.source_batches(source, self.args.calib_images, self.args.seed, refine))
+        self.calib_set = [x for x, _ in self.source_batches(source, self.args.calib_images, self.args.seed, refine)]
+        calibrate(student, self.calib_set)
         return student
 
     def reconstructed(self, student, source: Source, refine: RefineConfig | None = None):
-        images = [x for x, _ in self.source_batches(source, self.args.recon_images, self.args.seed + 1, refine)]
+        """Reconstruct `student` (just calibrated from `source`) on recon_images images: the first of its
+        calibration set with --recon-from-calib, else a separate draw from `source`."""
+        a = self.args
+        if a.recon_from_calib:
+            images = list(torch.cat(self.calib_set)[: a.recon_images].split(a.batch_size))
+        else:
+            images = [x for x, _ in self.source_batches(source, a.recon_images, a.seed + 1, refine)]
         reconstruct(student, self.teacher, images,
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
                                       last_block=self.args.recon_last_block))
@@ -151,7 +163,9 @@ class Bench:
                 if a.distill_steps else None)
         distill_images = a.distill_steps * DistillConfig.batch_size
         recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
-                 f"{'' if a.recon_last_block else ', classifier as calibrated'})")
+                 f"{'' if a.recon_last_block else ', classifier as calibrated'}"
+                 f"{', on calibration images' if a.recon_from_calib else ''})")
+        recon_images = 0 if a.recon_from_calib else a.recon_images
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
         start = time.perf_counter()
         extra_seconds, images = 0.0, 0
@@ -165,7 +179,7 @@ class Bench:
                 loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
                                                      num_workers=2, generator=torch.Generator().manual_seed(a.seed))
                 student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
-            images = a.calib_images + a.recon_images + distill_images
+            images = a.calib_images + recon_images + distill_images
         elif method == "pixels":
             student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels)
             px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
@@ -187,13 +201,15 @@ class Bench:
             images = a.calib_images + steps * 128
         else:  # gznq
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
-            refine = RefineConfig(steps=a.refine_steps) if a.refine_steps else None
+            refine = RefineConfig(steps=a.refine_steps, **parse_kwargs(a.refine_config)) if a.refine_steps else None
             student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, refine)
             student = self.distilled(student, ours, generator=generator)
             if refine:
-                pipeline = f"refine({a.refine_steps})+{pipeline}"
+                extra = "".join(f", {k} {v}" for k, v in parse_kwargs(a.refine_config).items())
+                batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
+                pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"
             extra_seconds = self.gen_seconds
-            images = a.calib_images + a.recon_images + distill_images
+            images = a.calib_images + recon_images + distill_images
         seconds = time.perf_counter() - start + extra_seconds
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
         return {"setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline, "top1": r.top1,

@@ -42,8 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="iterations=500")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="refine generated batches for this many steps (generators.refine; 0: raw samples)")
+    p.add_argument("--refine-config", default="",
+                   help="further RefineConfig fields for --refine-steps, e.g. 'boundary_share=0.5, lr=0.1'")
     p.add_argument("--refine-calib", action=argparse.BooleanOptionalAction, default=True,
                    help="refine the calibration set too (--no-refine-calib: only the reconstruction set)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="source batch size, which is also the refinement batch (its BN statistics are the batch's)")
     p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
     return p.parse_args(argv)
 
@@ -71,23 +75,29 @@ def main(argv=None) -> None:
     source = parse_source(args.source)
 
     def images(n: int, seed: int, refine_steps: int) -> list[torch.Tensor]:
-        refine = RefineConfig(steps=refine_steps) if refine_steps else None
+        refine = RefineConfig(steps=refine_steps, **parse_kwargs(args.refine_config)) if refine_steps else None
         return [x for x, _ in open_source(source, teacher=teacher, teacher_name=args.model, spec=spec,
-                                          num_images=n, batch_size=128, seed=seed, refine=refine)]
+                                          num_images=n, batch_size=args.batch_size, seed=seed,
+                                          refine=refine)]
 
     base = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
                                                weight_observer="mse", act_observer="mse"))
     start = time.perf_counter()
-    calibrate(base, images(2048, 0, args.refine_steps if args.refine_calib else 0))
+    calib_set = images(2048, 0, args.refine_steps if args.refine_calib else 0)
+    calibrate(base, calib_set)
     print(f"calibrated in {time.perf_counter() - start:.0f} s", flush=True)
     recon_sets: dict[int, list[torch.Tensor]] = {}
     for text in args.variants.split(";"):
         fields = parse_kwargs(text)
-        n, mix = fields.pop("n", 1024), fields.pop("mix", 0.0)
+        n, mix, from_calib = fields.pop("n", 1024), fields.pop("mix", 0.0), fields.pop("from_calib", False)
         student, start = copy.deepcopy(base), time.perf_counter()
-        if n not in recon_sets:
-            recon_sets[n] = images(n, 1, args.refine_steps)
-        records = reconstruct(student, teacher, blend(recon_sets[n], mix, seed=5), ReconstructConfig(**fields))
+        if from_calib:
+            recon_set = list(torch.cat(calib_set)[:n].split(args.batch_size))
+        else:
+            if n not in recon_sets:
+                recon_sets[n] = images(n, 1, args.refine_steps)
+            recon_set = recon_sets[n]
+        records = reconstruct(student, teacher, blend(recon_set, mix, seed=5), ReconstructConfig(**fields))
         r = evaluate(student, batches(test), teacher=teacher, progress=False)
         print(f"{text.strip()}: drop {r.teacher_top1 - r.top1:.2f} agreement {r.agreement:.2f} "
               f"top1 {r.top1:.2f} ({time.perf_counter() - start:.0f} s; undecided rounding per block "

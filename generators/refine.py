@@ -28,7 +28,12 @@ class RefineConfig:
     """steps: Adam steps per batch (0: no refinement). lr: Adam rate on the pixel logits, cosine-annealed to 0.
     bn_loss: "kl" (GZNQ) or "l2" (GDFQ), measured on the whole batch, with weight bn_weight. ce_weight: weight
     of the teacher's cross-entropy on the batch's labels. tv_weight: total-variation prior. max_shift, flip: random jitter
-    before the teacher at every step (as in generator training), so the pixels do not overfit one view."""
+    before the teacher at every step (as in generator training), so the pixels do not overfit one view.
+    boundary_share: share of each batch refined toward a soft two-class target, lam * its label + (1 - lam) *
+    another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone: images the teacher
+    is unsure about, as many real ones are (the generator's samples are nearly all classified with
+    confidence above 0.99), so that a student reconstructed on them also sees the teacher's class boundaries.
+    The label handed on stays the image's own class."""
 
     steps: int = 50
     lr: float = 0.05
@@ -38,6 +43,8 @@ class RefineConfig:
     tv_weight: float = 0.0
     max_shift: int = 2
     flip: bool = True
+    boundary_share: float = 0.0
+    boundary_min: float = 0.5
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -46,6 +53,25 @@ class RefineConfig:
             raise ValueError(f"refinement steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"refinement lr must be positive, got {self.lr}")
+        if not 0 <= self.boundary_share <= 1 or not 0 <= self.boundary_min <= 1:
+            raise ValueError(f"boundary_share and boundary_min must be in [0, 1], got {self.boundary_share} "
+                             f"and {self.boundary_min}")
+
+
+def boundary_targets(labels: torch.Tensor, num_classes: int, share: float, low: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Class probabilities (B, num_classes): one-hot `labels`, except for round(share * B) rows chosen at
+    random, which get lam on their label and 1 - lam on another class drawn uniformly, lam ~ U(low, 1)."""
+    targets = F.one_hot(labels, num_classes).float()
+    k = round(share * len(labels))
+    if k == 0 or num_classes < 2:
+        return targets
+    rows = torch.randperm(len(labels), generator=generator)[:k].to(labels.device)
+    offset = torch.randint(1, num_classes, (k,), generator=generator).to(labels.device)
+    other = (labels[rows] + offset) % num_classes
+    lam = (low + (1 - low) * torch.rand(k, generator=generator)).to(targets.device)
+    targets[rows] = lam[:, None] * targets[rows] + (1 - lam[:, None]) * F.one_hot(other, num_classes).float()
+    return targets
 
 
 def optimize_logits(
@@ -58,7 +84,8 @@ def optimize_logits(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Optimize pixel logits (images are sigmoid(logits)) of one batch for `config.steps` Adam steps against
-    the BN loss of the whole batch plus the teacher's cross-entropy on `labels`. The teacher must be in
+    the BN loss of the whole batch plus the teacher's cross-entropy on `labels` (class indices, or class
+    probabilities of shape (B, classes)). The teacher must be in
     eval mode with frozen parameters.
 
     Returns:
@@ -117,7 +144,11 @@ def refine_images(
         for p, _ in params:
             p.requires_grad_(False)
         with torch.enable_grad():
-            refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), labels, config,
+            targets = labels
+            if config.boundary_share > 0:
+                targets = boundary_targets(labels, spec.num_classes, config.boundary_share, config.boundary_min,
+                                           generator)
+            refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), targets, config,
                                          generator=generator)
     finally:
         for p, flag in params:

@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                    help=f"one of {', '.join(METHODS)}, or a comma-separated chain; calibration always runs first")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations, help="reconstruction steps per block")
     p.add_argument("--recon-images", type=int, default=1024, help="images in the reconstruction set")
+    p.add_argument("--recon-from-calib", action=argparse.BooleanOptionalAction, default=False,
+                   help="reconstruct on the first --recon-images calibration images instead of a separate set "
+                        "(which saves making, e.g. refining, that set)")
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
@@ -82,10 +85,20 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
     # built first so that a bad reconstruction option fails before any calibration work
     config = ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop,
                                last_block=args.recon_last_block, seed=args.seed)
-    calibrate(student, batches(args.calib_images, args.seed), progress=True)
+    reuse = "reconstruct" in methods and args.recon_from_calib
+    if reuse and args.recon_images > args.calib_images:
+        raise ValueError(f"--recon-from-calib reconstructs on calibration images: --recon-images "
+                         f"({args.recon_images}) must not exceed --calib-images ({args.calib_images})")
+    calib_batches = batches(args.calib_images, args.seed)
+    if reuse:
+        calib_batches = [x for x, _ in calib_batches]  # made once, used twice
+    calibrate(student, calib_batches, progress=True)
     if "reconstruct" not in methods:
         return {}
-    recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
+    if reuse:
+        recon_set = list(torch.cat(calib_batches)[: args.recon_images].split(args.batch_size))
+    else:
+        recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 
@@ -116,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         metadata["refine_steps"] = refine.steps
     if "reconstruct" in methods:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
-                        recon_last_block=args.recon_last_block)
+                        recon_last_block=args.recon_last_block, recon_from_calib=args.recon_from_calib)
     if "distill" in methods:
         records.update(distill_stage.run_distill(args, student=student, teacher=teacher, spec=spec, source=source,
                                                  quant_config=config, metadata=metadata))

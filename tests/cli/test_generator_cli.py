@@ -81,6 +81,34 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert "refinement steps must be >= 0" in capsys.readouterr().err
 
 
+def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
+    from dfq.cli import quantize_cmd
+
+    seen = {}
+    real_calibrate, real_reconstruct = quantize_cmd.calibrate, quantize_cmd.reconstruct
+
+    def calibrate(model, batches, **kw):
+        seen["calib"] = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in batches])
+        return real_calibrate(model, seen["calib"].split(16), **kw)
+
+    def reconstruct(student, teacher, images, config, **kw):
+        seen["recon"] = torch.cat(list(images))
+        return real_reconstruct(student, teacher, images, config, **kw)
+
+    monkeypatch.setattr(quantize_cmd, "calibrate", calibrate)
+    monkeypatch.setattr(quantize_cmd, "reconstruct", reconstruct)
+    args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+            "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32", "--w-bits", "4",
+            "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct", "--recon-iters", "2",
+            "--refine-steps", "2", "--workers", "0", "--recon-from-calib"]
+    assert train_main(args + ["--recon-images", "48", "--out", str(tmp_path / "s")]) == 0, capsys.readouterr().err
+    assert seen["calib"].shape[0] == 64 and torch.equal(seen["recon"], seen["calib"][:48])
+    metadata = json.loads((tmp_path / "s" / "student.json").read_text())["metadata"]
+    assert metadata["recon_from_calib"] is True and metadata["recon_images"] == 48
+    assert train_main(args + ["--recon-images", "65", "--out", str(tmp_path / "bad")]) == 2
+    assert "--recon-images (65) must not exceed --calib-images (64)" in capsys.readouterr().err
+
+
 def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
     code = train_main(["quantize", "--model", "cifar10_resnet32", "--source", f"generator:{generator_dir}",
                        "--out", str(tmp_path / "x")])

@@ -3,7 +3,7 @@ import torch
 
 from dfq.sources import Source, open_source
 from generators.network import normalize
-from generators.refine import RefineConfig, RefinedBatches, refine_images
+from generators.refine import RefineConfig, RefinedBatches, boundary_targets, refine_images
 from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
 
@@ -57,3 +57,38 @@ def test_refinement_of_a_real_source_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refinement applies to generator sources, not real:"):
         open_source(Source("real", tmp_path), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
                     num_images=4, refine=RefineConfig(steps=5))
+
+
+def test_boundary_targets_blend_a_share_of_rows_with_another_class():
+    labels = torch.arange(20) % 5
+    targets = boundary_targets(labels, 5, share=0.5, low=0.6, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(targets.sum(1), torch.ones(20))
+    own = targets.gather(1, labels[:, None]).squeeze(1)
+    soft = own < 1
+    assert int(soft.sum()) == 10 and bool((own[soft] >= 0.6).all())
+    # each soft row puts the rest on exactly one other class; the other rows stay one-hot
+    assert ((targets[soft] > 0).sum(1) == 2).all()
+    assert torch.equal(targets[~soft], torch.nn.functional.one_hot(labels[~soft], 5).float())
+    assert torch.equal(boundary_targets(labels, 5, share=0.0, low=0.5), torch.nn.functional.one_hot(labels, 5).float())
+    with pytest.raises(ValueError, match="boundary_share and boundary_min must be in"):
+        RefineConfig(boundary_share=1.5)
+
+
+def test_boundary_refinement_moves_probability_to_the_other_class():
+    teacher = tiny_teacher()
+    with torch.no_grad():
+        teacher[-1].weight.mul_(30)  # a random tiny net is otherwise unsure of everything
+    images, labels = _batch(n=32)
+    # refine_images draws the targets first from its generator, so the same seed shows which class each row got
+    targets = boundary_targets(labels, 4, 1.0, 0.5, generator=torch.Generator().manual_seed(1))
+    other = (targets - torch.nn.functional.one_hot(labels, 4)).argmax(1)
+
+    def probabilities(config):
+        refined = refine_images(teacher, TINY_SPEC, images, labels, config, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            p = teacher(normalize(refined, TINY_SPEC.mean, TINY_SPEC.std)).softmax(1)
+        return p.gather(1, labels[:, None]).mean(), p.gather(1, other[:, None]).mean()
+
+    own_sharp, other_sharp = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0))
+    own_soft, other_soft = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0, boundary_share=1.0))
+    assert own_soft < own_sharp - 0.03 and other_soft > other_sharp + 0.03, (own_sharp, own_soft, other_sharp, other_soft)
