@@ -6,6 +6,7 @@ import argparse
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from dfq.cli import distill_stage
 from dfq.cli.common import default_device, default_workers, format_table, write_json_atomic
@@ -38,17 +39,19 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="teacher name (cifar10_resnet20, tv:<name>, timm:<name>)")
     p.add_argument("--checkpoint", help="local weights file for the teacher")
     p.add_argument("--source", required=True, help="calibration images: real:DIR, generator:DIR or pixels:DIR")
-    p.add_argument("--calib-images", type=int, default=1024, help="number of calibration images")
+    p.add_argument("--calib-images", type=int, default=2048, help="number of calibration images")
     p.add_argument("--w-bits", type=int, default=8)
     p.add_argument("--a-bits", type=int, default=8)
     p.add_argument("--protocol", default="deploy", choices=PROTOCOLS)
     p.add_argument("--method", default="calibrate",
                    help=f"one of {', '.join(METHODS)}, or a comma-separated chain; calibration always runs first")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations, help="reconstruction steps per block")
-    p.add_argument("--recon-images", type=int, default=1024, help="images in the reconstruction set")
-    p.add_argument("--recon-from-calib", action=argparse.BooleanOptionalAction, default=False,
-                   help="reconstruct on the first --recon-images calibration images instead of a separate set "
-                        "(which saves making, e.g. refining, that set)")
+    p.add_argument("--recon-from-calib", action=argparse.BooleanOptionalAction, default=True,
+                   help="reconstruct on the calibration images themselves (default; no second set to make and "
+                        "refine); --no-recon-from-calib draws a separate reconstruction set")
+    p.add_argument("--recon-images", type=int,
+                   help="images in the reconstruction set (default: all the calibration images, or 1024 with "
+                        "--no-recon-from-calib)")
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
@@ -59,7 +62,9 @@ def add_parser(sub) -> None:
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
     p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="calibration batch; for generator sources also the batch refined together (its BN "
+                        "statistics are matched as a whole; lower it for large inputs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory for the student")
     p.add_argument("--eval-data", help="also evaluate the student beside its teacher on these real images")
@@ -90,8 +95,9 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
         raise ValueError(f"--recon-from-calib reconstructs on calibration images: --recon-images "
                          f"({args.recon_images}) must not exceed --calib-images ({args.calib_images})")
     calib_batches = batches(args.calib_images, args.seed)
-    if reuse:
-        calib_batches = [x for x, _ in calib_batches]  # made once, used twice
+    if reuse:  # made (and refined) once, used twice
+        desc = "refine" if refine is not None else "load"
+        calib_batches = [x for x, _ in tqdm(calib_batches, desc=f"{desc} calibration images", leave=False)]
     calibrate(student, calib_batches, progress=True)
     if "reconstruct" not in methods:
         return {}
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> dict:
     """Quantize, calibrate, save; optionally evaluate. Returns the report written to OUT/report.json."""
     torch.manual_seed(args.seed)
     methods = parse_methods(args.method)
+    if args.recon_images is None:
+        args.recon_images = args.calib_images if args.recon_from_calib else 1024
     source = parse_source(args.source)
     refine = refine_config(args, source)
     config = QuantConfig(
