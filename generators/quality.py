@@ -64,6 +64,8 @@ class QualityReport:
     images_per_second: float | None = None  # stream throughput, when measured
     pixel_diversity: float | None = None  # within-class mean pairwise distance of the (normalized) images
     real_pixel_diversity: float | None = None
+    confidence: float | None = None  # the teacher's mean top softmax probability on the images
+    real_confidence: float | None = None
 
     @property
     def diversity_ratio(self) -> float | None:
@@ -81,17 +83,18 @@ class QualityReport:
 
 
 @torch.no_grad()
-def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Penultimate features, labels and downsampled pixels of every image in `batches`."""
-    feats, labels, pixels = [], [], []
+def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Penultimate features, labels and downsampled pixels of every image in `batches`, and the teacher's
+    mean top softmax probability on them."""
+    feats, labels, pixels, top = [], [], [], []
     device = next(teacher.parameters()).device
     with capture_penultimate(teacher) as captured:
         for x, y in batches:
-            teacher(x.to(device))
+            top.append(teacher(x.to(device)).softmax(1).amax(1).cpu())
             feats.append(captured[-1].cpu())
             labels.append(y.cpu())
             pixels.append(_pixel_vectors(x))
-    return torch.cat(feats), torch.cat(labels), torch.cat(pixels)
+    return torch.cat(feats), torch.cat(labels), torch.cat(pixels), torch.cat(top).mean().item()
 
 
 def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
@@ -104,18 +107,19 @@ def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
 @torch.no_grad()
 def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iterable | None = None) -> QualityReport:
     """Judge (normalized images, labels) batches from any source with the teacher (in eval mode): its top-1
-    against the labels, both BN losses (averaged over batches), and within-class feature diversity, beside
-    that of `real_batches` when given."""
+    against the labels, its mean top softmax probability (confidence), both BN losses (averaged over
+    batches), and within-class feature and pixel diversity, beside those of `real_batches` when given."""
     teacher.eval()
     correct = n = num_batches = 0
     kl = l2 = 0.0
-    feats, labels, pixels = [], [], []
+    feats, labels, pixels, top = [], [], [], []
     device = next(teacher.parameters()).device
     with capture_penultimate(teacher) as captured:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             with BNStatsRecorder(teacher) as rec:
                 logits = teacher(x)
+            top.append(logits.softmax(1).amax(1).cpu())
             kl += bn_kl_loss(rec.stats).item()
             l2 += bn_l2_loss(rec.stats).item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -127,16 +131,17 @@ def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iter
     if n == 0:
         raise ValueError("no images to judge: the batches were empty")
     labels_all = torch.cat(labels)
-    real_diversity = real_pixel_diversity = None
+    real_diversity = real_pixel_diversity = real_confidence = None
     if real_batches is not None:
-        real_feats, real_labels, real_pixels = _features_of(teacher, real_batches)
+        real_feats, real_labels, real_pixels, real_confidence = _features_of(teacher, real_batches)
         real_diversity = within_class_distance(real_feats, real_labels)
         real_pixel_diversity = within_class_distance(real_pixels, real_labels)
     return QualityReport(
         teacher_top1=100 * correct / n, bn_kl=kl / num_batches, bn_l2=l2 / num_batches,
         diversity=within_class_distance(torch.cat(feats), labels_all), real_diversity=real_diversity,
         num_images=n, pixel_diversity=within_class_distance(torch.cat(pixels), labels_all),
-        real_pixel_diversity=real_pixel_diversity,
+        real_pixel_diversity=real_pixel_diversity, confidence=torch.cat(top).mean().item(),
+        real_confidence=real_confidence,
     )
 
 

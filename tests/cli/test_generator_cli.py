@@ -127,6 +127,7 @@ def test_generator_quality_report(generator_dir, weights_dir, cifar_test_dir, tm
     assert report["bn_kl"] > 0 and report["real_diversity"] > 0 and report["images_per_second"] > 0
     assert report["pixel_diversity"] > 0 and report["pixel_diversity_ratio"] == pytest.approx(
         report["pixel_diversity"] / report["real_pixel_diversity"])
+    assert 0.1 <= report["confidence"] <= 1 and 0.1 <= report["real_confidence"] <= 1
 
 
 def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):

@@ -52,3 +52,14 @@ def test_collapsed_classes_have_zero_pixel_diversity_against_real():
     report = measure_quality(teacher, collapsed, real_batches=real).to_dict()
     assert report["pixel_diversity"] == 0.0 and report["pixel_diversity_ratio"] == 0.0
     assert report["real_pixel_diversity"] > 0 and report["diversity"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_confidence_is_the_mean_top_probability():
+    teacher = tiny_teacher()
+    torch.manual_seed(1)
+    x, labels = torch.randn(2, 16, 3, 8, 8), torch.arange(4).repeat(4)
+    report = measure_quality(teacher, [(x[0], labels)], real_batches=[(x[1], labels)])
+    with torch.no_grad():
+        expected = [teacher(xi).softmax(1).max(1).values.mean().item() for xi in x]
+    assert report.confidence == pytest.approx(expected[0]) and report.real_confidence == pytest.approx(expected[1])
+    assert 0.25 <= report.confidence <= 1
