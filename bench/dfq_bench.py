@@ -38,7 +38,7 @@ from dfq.evaluate import evaluate  # noqa: E402
 from dfq.io import write_json_atomic  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
-from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
 from generators.checkpoint import META_FILE, load_generator  # noqa: E402
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402
@@ -139,7 +139,7 @@ class Bench:
         calibration set with --recon-from-calib, else a separate draw from `source`."""
         a = self.args
         if a.recon_from_calib:
-            images = list(torch.cat(self.calib_set)[: a.recon_images].split(a.batch_size))
+            images = first_images(self.calib_set, a.recon_images)
         else:
             images = [x for x, _ in self.source_batches(source, a.recon_images, a.seed + 1, refine)]
         reconstruct(student, self.teacher, images,
@@ -201,11 +201,12 @@ class Bench:
             images = a.calib_images + steps * 128
         else:  # gznq
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
-            refine = RefineConfig(steps=a.refine_steps, **parse_kwargs(a.refine_config)) if a.refine_steps else None
+            refine_fields = parse_kwargs(a.refine_config)
+            refine = RefineConfig(steps=a.refine_steps, **refine_fields) if a.refine_steps else None
             student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, refine)
             student = self.distilled(student, ours, generator=generator)
             if refine:
-                extra = "".join(f", {k} {v}" for k, v in parse_kwargs(a.refine_config).items())
+                extra = "".join(f", {k} {v}" for k, v in refine_fields.items())
                 batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
                 pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"
             extra_seconds = self.gen_seconds

@@ -28,7 +28,7 @@ from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
-from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import open_source, parse_source  # noqa: E402
 from generators.refine import RefineConfig  # noqa: E402
 
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         n, mix, from_calib = fields.pop("n", 1024), fields.pop("mix", 0.0), fields.pop("from_calib", False)
         student, start = copy.deepcopy(base), time.perf_counter()
         if from_calib:
-            recon_set = list(torch.cat(calib_set)[:n].split(args.batch_size))
+            recon_set = first_images(calib_set, n)
         else:
             if n not in recon_sets:
                 recon_sets[n] = images(n, 1, args.refine_steps)

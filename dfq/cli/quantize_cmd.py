@@ -14,7 +14,7 @@ from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
-from dfq.quant.reconstruct import ReconstructConfig, reconstruct
+from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.sources import open_source, parse_source
 from generators.refine import RefineConfig
 
@@ -102,7 +102,7 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
     if "reconstruct" not in methods:
         return {}
     if reuse:
-        recon_set = list(torch.cat(calib_batches)[: args.recon_images].split(args.batch_size))
+        recon_set = first_images(calib_batches, args.recon_images)
     else:
         recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}

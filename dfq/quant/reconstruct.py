@@ -220,6 +220,24 @@ def _block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
     return total / len(inputs)
 
 
+def first_images(batches: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The first `n` images of `batches`, in the same batches (the last one cut short): a reconstruction
+    set taken from a calibration set.
+
+    Raises:
+        ValueError: the batches hold fewer than `n` images.
+    """
+    out, left = [], n
+    for x in batches:
+        if left <= 0:
+            break
+        out.append(x[:left])
+        left -= len(out[-1])
+    if left > 0:
+        raise ValueError(f"asked for the first {n} images of batches that hold {n - left}")
+    return out
+
+
 def reconstruct(
     student: nn.Module,
     teacher: nn.Module,

@@ -159,3 +159,14 @@ def test_reconstruction_with_qdrop_still_lowers_the_error():
 def test_drop_prob_must_be_a_probability():
     with pytest.raises(ValueError, match="drop_prob must be in"):
         ReconstructConfig(drop_prob=1.0)
+
+
+def test_first_images_keeps_the_batches_and_cuts_the_last():
+    from dfq.quant.reconstruct import first_images
+
+    batches = list(torch.arange(10.0).split(4))
+    head = first_images(batches, 6)
+    assert [len(x) for x in head] == [4, 2] and torch.equal(torch.cat(head), torch.arange(6.0))
+    assert [len(x) for x in first_images(batches, 10)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="first 11 images of batches that hold 10"):
+        first_images(batches, 11)
