@@ -55,9 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint")
     p.add_argument("--train-data", default=str(ASSETS / "cifar10-jpeg" / "train"))
     p.add_argument("--test-data", default=str(ASSETS / "cifar10-jpeg" / "test"))
-    p.add_argument("--generator", default="runs/generator_resnet20")
+    p.add_argument("--generator", help="generator directory, trained there if absent (default: runs/generator_<model>, "
+                                       "e.g. runs/generator_resnet20)")
     p.add_argument("--gen-steps", type=int, default=GeneratorTrainConfig.steps)
-    p.add_argument("--pixels", default="runs/pixels_resnet20")
+    p.add_argument("--pixels", help="pixel-optimized set, made there if absent and the `pixels` method runs "
+                                    "(default: runs/pixels_<model>)")
     p.add_argument("--only", help="comma-separated settings such as W4A4:paper,W3A3:deploy (default: all six)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--calib-images", type=int, default=2048)
@@ -79,7 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_dfq")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    short = args.model.removeprefix("cifar10_").replace(":", "_").replace("/", "_")
+    args.generator = args.generator or f"runs/generator_{short}"
+    args.pixels = args.pixels or f"runs/pixels_{short}"
+    return args
 
 
 def settings(only: str | None) -> list[tuple[int, str]]:
@@ -105,7 +111,7 @@ class Bench:
         self.test = preload(args.test_data, self.spec, limit=args.limit)
         self.teacher_top1 = evaluate(self.teacher, batches(self.test), progress=False).top1
         self.gen_seconds = self._ensure_generator()
-        self.pixel_seconds = self._ensure_pixels()
+        self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
 
     def _ensure_generator(self) -> float:
         path = Path(self.args.generator)
@@ -213,8 +219,8 @@ class Bench:
             images = a.calib_images + recon_images + distill_images
         seconds = time.perf_counter() - start + extra_seconds
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
-        return {"setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline, "top1": r.top1,
-                "drop": r.teacher_top1 - r.top1, "agreement": r.agreement, "seconds": seconds,
+        return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline, "top1": r.top1,
+                "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1, "agreement": r.agreement, "seconds": seconds,
                 "images": images, "num_eval_images": r.num_images}
 
 
@@ -233,13 +239,13 @@ def main(argv=None) -> None:
             row["command"] = "python " + " ".join(sys.argv)
             # re-read so that runs of other settings in parallel processes keep their rows
             rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-            key = ("setting", "method", "pipeline")
+            key = ("model", "setting", "method", "pipeline")
             rows = [r for r in rows if [r.get(k) for k in key] != [row[k] for k in key]] + [row]
             print(row, flush=True)
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
     rows = json.loads(results_path.read_text())["rows"]
-    table = markdown_table(rows, [("setting", "setting"), ("method", "method"), ("pipeline", "pipeline"),
+    table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"), ("pipeline", "pipeline"),
                                   ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
     (out / "results.md").write_text(table + "\n")

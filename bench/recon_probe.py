@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128,
                    help="source batch size, which is also the refinement batch (its BN statistics are the batch's)")
     p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
+    p.add_argument("--calib-cache", type=Path,
+                   help="file of the (refined) calibration set: loaded when it exists, else made and saved there, "
+                        "so that later probes on the same set skip the refinement (the caller keeps it matched "
+                        "to --source, --refine-steps and --batch-size)")
+    p.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two probes side by side)")
     return p.parse_args(argv)
 
 
@@ -70,6 +75,8 @@ def blend(images: list[torch.Tensor], share: float, seed: int) -> list[torch.Ten
 def main(argv=None) -> None:
     args = parse_args(argv)
     tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher, spec = create_teacher(args.model)
     test = preload(str(ASSETS / "cifar10-jpeg" / "test"), spec, limit=args.limit)
     source = parse_source(args.source)
@@ -83,7 +90,15 @@ def main(argv=None) -> None:
     base = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
                                                weight_observer="mse", act_observer="mse"))
     start = time.perf_counter()
-    calib_set = images(2048, 0, args.refine_steps if args.refine_calib else 0)
+    if args.calib_cache is not None and args.calib_cache.exists():
+        calib_set = torch.load(args.calib_cache)
+        print(f"calibration set loaded from {args.calib_cache}", flush=True)
+    else:
+        calib_set = images(2048, 0, args.refine_steps if args.refine_calib else 0)
+        if args.calib_cache is not None:
+            args.calib_cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(calib_set, args.calib_cache.with_suffix(".tmp"))
+            args.calib_cache.with_suffix(".tmp").replace(args.calib_cache)
     calibrate(base, calib_set)
     print(f"calibrated in {time.perf_counter() - start:.0f} s", flush=True)
     recon_sets: dict[int, list[torch.Tensor]] = {}
