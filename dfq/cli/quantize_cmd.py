@@ -55,7 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
-                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
+                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated: better at "
+                        "4 bits and above on generated images, worse at 3; see the README)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
