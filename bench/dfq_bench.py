@@ -219,9 +219,9 @@ class Bench:
             images = a.calib_images + recon_images + distill_images
         seconds = time.perf_counter() - start + extra_seconds
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
-        return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline, "top1": r.top1,
-                "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1, "agreement": r.agreement, "seconds": seconds,
-                "images": images, "num_eval_images": r.num_images}
+        return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline,
+                "top1": r.top1, "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1,
+                "agreement": r.agreement, "seconds": seconds, "images": images, "num_eval_images": r.num_images}
 
 
 def main(argv=None) -> None:
@@ -245,8 +245,8 @@ def main(argv=None) -> None:
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
     rows = json.loads(results_path.read_text())["rows"]
-    table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"), ("pipeline", "pipeline"),
-                                  ("top1", "top-1"), ("drop", "drop"),
+    table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"),
+                                  ("pipeline", "pipeline"), ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
     (out / "results.md").write_text(table + "\n")
     print(table)

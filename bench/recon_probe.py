@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ASSETS, batches, parse_kwargs, preload  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
+from dfq.io import atomic_write  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
@@ -96,9 +97,7 @@ def main(argv=None) -> None:
     else:
         calib_set = images(2048, 0, args.refine_steps if args.refine_calib else 0)
         if args.calib_cache is not None:
-            args.calib_cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(calib_set, args.calib_cache.with_suffix(".tmp"))
-            args.calib_cache.with_suffix(".tmp").replace(args.calib_cache)
+            atomic_write(args.calib_cache, lambda tmp: torch.save(calib_set, tmp))
     calibrate(base, calib_set)
     print(f"calibrated in {time.perf_counter() - start:.0f} s", flush=True)
     recon_sets: dict[int, list[torch.Tensor]] = {}

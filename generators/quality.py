@@ -82,21 +82,6 @@ class QualityReport:
                 "pixel_diversity_ratio": self.pixel_diversity_ratio}
 
 
-@torch.no_grad()
-def _features_of(teacher: nn.Module, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Penultimate features, labels and downsampled pixels of every image in `batches`, and the teacher's
-    mean top softmax probability on them."""
-    feats, labels, pixels, top = [], [], [], []
-    device = next(teacher.parameters()).device
-    with capture_penultimate(teacher) as captured:
-        for x, y in batches:
-            top.append(teacher(x.to(device)).softmax(1).amax(1).cpu())
-            feats.append(captured[-1].cpu())
-            labels.append(y.cpu())
-            pixels.append(_pixel_vectors(x))
-    return torch.cat(feats), torch.cat(labels), torch.cat(pixels), torch.cat(top).mean().item()
-
-
 def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
     """Images as vectors for the pixel-diversity figure, at most size x size so large models stay cheap."""
     if x.shape[-1] > size:
@@ -104,44 +89,62 @@ def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
     return x.flatten(1).cpu()
 
 
+@dataclass
+class _Judged:
+    """What one pass of the teacher over some batches gives: per image its penultimate features, label,
+    pixel vector and top softmax probability; totals of correct predictions and, when measured, of the
+    per-batch BN losses."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    pixels: torch.Tensor
+    top_prob: torch.Tensor
+    correct: int
+    bn_kl: float
+    bn_l2: float
+    num_batches: int
+
+
 @torch.no_grad()
+def _judge(teacher: nn.Module, batches: Iterable, *, bn_losses: bool) -> _Judged:
+    feats, labels, pixels, top = [], [], [], []
+    correct = num_batches = 0
+    kl = l2 = 0.0
+    device = next(teacher.parameters()).device
+    with capture_penultimate(teacher) as captured:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with BNStatsRecorder(teacher) if bn_losses else contextlib.nullcontext() as rec:
+                logits = teacher(x)
+            if bn_losses:
+                kl += bn_kl_loss(rec.stats).item()
+                l2 += bn_l2_loss(rec.stats).item()
+            top.append(logits.softmax(1).amax(1).cpu())
+            correct += (logits.argmax(1) == y).sum().item()
+            num_batches += 1
+            feats.append(captured[-1].cpu())
+            labels.append(y.cpu())
+            pixels.append(_pixel_vectors(x))
+    if num_batches == 0:
+        raise ValueError("no images to judge: the batches were empty")
+    return _Judged(torch.cat(feats), torch.cat(labels), torch.cat(pixels), torch.cat(top), correct, kl, l2,
+                   num_batches)
+
+
 def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iterable | None = None) -> QualityReport:
     """Judge (normalized images, labels) batches from any source with the teacher (in eval mode): its top-1
     against the labels, its mean top softmax probability (confidence), both BN losses (averaged over
     batches), and within-class feature and pixel diversity, beside those of `real_batches` when given."""
     teacher.eval()
-    correct = n = num_batches = 0
-    kl = l2 = 0.0
-    feats, labels, pixels, top = [], [], [], []
-    device = next(teacher.parameters()).device
-    with capture_penultimate(teacher) as captured:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            with BNStatsRecorder(teacher) as rec:
-                logits = teacher(x)
-            top.append(logits.softmax(1).amax(1).cpu())
-            kl += bn_kl_loss(rec.stats).item()
-            l2 += bn_l2_loss(rec.stats).item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-            num_batches += 1
-            feats.append(captured[-1].cpu())
-            labels.append(y.cpu())
-            pixels.append(_pixel_vectors(x))
-    if n == 0:
-        raise ValueError("no images to judge: the batches were empty")
-    labels_all = torch.cat(labels)
-    real_diversity = real_pixel_diversity = real_confidence = None
-    if real_batches is not None:
-        real_feats, real_labels, real_pixels, real_confidence = _features_of(teacher, real_batches)
-        real_diversity = within_class_distance(real_feats, real_labels)
-        real_pixel_diversity = within_class_distance(real_pixels, real_labels)
+    seen = _judge(teacher, batches, bn_losses=True)
+    real = _judge(teacher, real_batches, bn_losses=False) if real_batches is not None else None
     return QualityReport(
-        teacher_top1=100 * correct / n, bn_kl=kl / num_batches, bn_l2=l2 / num_batches,
-        diversity=within_class_distance(torch.cat(feats), labels_all), real_diversity=real_diversity,
-        num_images=n, pixel_diversity=within_class_distance(torch.cat(pixels), labels_all),
-        real_pixel_diversity=real_pixel_diversity, confidence=torch.cat(top).mean().item(),
-        real_confidence=real_confidence,
+        teacher_top1=100 * seen.correct / len(seen.labels), bn_kl=seen.bn_kl / seen.num_batches,
+        bn_l2=seen.bn_l2 / seen.num_batches, diversity=within_class_distance(seen.features, seen.labels),
+        real_diversity=within_class_distance(real.features, real.labels) if real else None,
+        num_images=len(seen.labels), pixel_diversity=within_class_distance(seen.pixels, seen.labels),
+        real_pixel_diversity=within_class_distance(real.pixels, real.labels) if real else None,
+        confidence=seen.top_prob.mean().item(), real_confidence=real.top_prob.mean().item() if real else None,
     )
 
 

@@ -33,9 +33,9 @@ class RefineConfig:
     another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone: images the teacher
     is unsure about, as many real ones are (ResNet-20 gives its generator's samples a mean top probability
     of 0.999, real test images 0.937: `eval.py --generator`), so that a student reconstructed on them also
-    sees the teacher's class boundaries. The label handed on stays the image's own class. Off by default: at ResNet-20 W4A4 `paper`, share 0.5
-    raised the drop in both reconstruction seeds tried (`bench/recon_probe.py --refine-config
-    "boundary_share=0.5"`; see the README)."""
+    sees the teacher's class boundaries. The label handed on stays the image's own class. Off by default:
+    at ResNet-20 W4A4 `paper`, share 0.5 raised the drop in both reconstruction seeds tried
+    (`bench/recon_probe.py --refine-config "boundary_share=0.5"`; see the README)."""
 
     steps: int = 50
     lr: float = 0.05
