@@ -2,8 +2,10 @@
 
 Calibrates one student (MSE observers, 2,048 images from --source), then for each variant reconstructs a
 copy of it on 1,024 images (or n=...) from the same source and evaluates it beside the teacher on the
-real test set. A variant is ReconstructConfig fields plus `n` (reconstruction images) and `mix` (share of
-each reconstruction batch replaced by blends of two of its images), separated by semicolons. With
+real test set. A variant is ReconstructConfig fields plus `n` (reconstruction images), `from_calib` (take
+them from the calibration set), `mix` (share of each reconstruction batch replaced by blends of two of its
+images) and `augment` (that many shifted and flipped copies of the set added to it), separated by
+semicolons. With
 --refine-steps, generated batches are refined against the teacher's BN statistics first (the reconstruction
 set once, shared by the variants; the time to make it is reported by the first variant that uses it):
 
@@ -28,9 +30,10 @@ from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.io import atomic_write  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
-from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
+from dfq.quant import QuantConfig, calibrate, quantize_model, save_student  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import open_source, parse_source  # noqa: E402
+from generators.augment import random_jitter  # noqa: E402
 from generators.refine import RefineConfig  # noqa: E402
 
 
@@ -55,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "so that later probes on the same set skip the refinement (the caller keeps it matched "
                         "to --source, --refine-steps and --batch-size)")
     p.add_argument("--threads", type=int, help="torch threads (e.g. 1 to run two probes side by side)")
+    p.add_argument("--save", type=Path,
+                   help="keep each variant's student in SAVE/<variant number> (eval.py --checkpoint reads it)")
     return p.parse_args(argv)
 
 
@@ -73,6 +78,12 @@ def blend(images: list[torch.Tensor], share: float, seed: int) -> list[torch.Ten
     return out
 
 
+def augmented(images: list[torch.Tensor], copies: int, seed: int) -> list[torch.Tensor]:
+    """`images` followed by `copies` copies of it, each image randomly shifted (up to 4 pixels) and flipped."""
+    g = torch.Generator().manual_seed(seed)
+    return images + [random_jitter(x, max_shift=4, generator=g) for _ in range(copies) for x in images]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     tune_allocator()
@@ -88,8 +99,9 @@ def main(argv=None) -> None:
                                           num_images=n, batch_size=args.batch_size, seed=seed,
                                           refine=refine)]
 
-    base = quantize_model(teacher, QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
-                                               weight_observer="mse", act_observer="mse"))
+    qconfig = QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
+                          weight_observer="mse", act_observer="mse")
+    base = quantize_model(teacher, qconfig)
     start = time.perf_counter()
     if args.calib_cache is not None and args.calib_cache.exists():
         calib_set = torch.load(args.calib_cache)
@@ -101,9 +113,10 @@ def main(argv=None) -> None:
     calibrate(base, calib_set)
     print(f"calibrated in {time.perf_counter() - start:.0f} s", flush=True)
     recon_sets: dict[int, list[torch.Tensor]] = {}
-    for text in args.variants.split(";"):
+    for number, text in enumerate(args.variants.split(";")):
         fields = parse_kwargs(text)
         n, mix, from_calib = fields.pop("n", 1024), fields.pop("mix", 0.0), fields.pop("from_calib", False)
+        copies = fields.pop("augment", 0)
         student, start = copy.deepcopy(base), time.perf_counter()
         if from_calib:
             recon_set = first_images(calib_set, n)
@@ -111,11 +124,16 @@ def main(argv=None) -> None:
             if n not in recon_sets:
                 recon_sets[n] = images(n, 1, args.refine_steps)
             recon_set = recon_sets[n]
-        records = reconstruct(student, teacher, blend(recon_set, mix, seed=5), ReconstructConfig(**fields))
+        recon_set = augmented(blend(recon_set, mix, seed=5), copies, seed=6)
+        records = reconstruct(student, teacher, recon_set, ReconstructConfig(**fields))
         r = evaluate(student, batches(test), teacher=teacher, progress=False)
         print(f"{text.strip()}: drop {r.teacher_top1 - r.top1:.2f} agreement {r.agreement:.2f} "
               f"top1 {r.top1:.2f} ({time.perf_counter() - start:.0f} s; undecided rounding per block "
               f"{[round(x['undecided'], 3) for x in records]})", flush=True)
+        if args.save is not None:
+            save_student(student, args.save / str(number), config=qconfig, teacher=args.model,
+                         metadata={"variant": text.strip(), "probe": {k: v if not isinstance(v, Path) else str(v)
+                                                                    for k, v in vars(args).items()}})
 
 
 if __name__ == "__main__":

@@ -170,3 +170,56 @@ def test_first_images_keeps_the_batches_and_cuts_the_last():
     assert [len(x) for x in first_images(batches, 10)] == [4, 4, 2]
     with pytest.raises(ValueError, match="first 11 images of batches that hold 10"):
         first_images(batches, 11)
+
+
+def test_feature_mix_blends_inputs_and_takes_the_teacher_block_on_the_same_blend():
+    from dfq.quant.reconstruct import FeatureMix, _batch
+
+    torch.manual_seed(0)
+    teacher_block = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    inputs, t_inputs = torch.randn(10, 4), torch.randn(10, 4)
+    targets = teacher_block(t_inputs).detach()
+    idx = torch.arange(4)
+    x, y = _batch(inputs, targets, idx, FeatureMix(teacher_block, t_inputs, 0.5), torch.Generator().manual_seed(1))
+    assert torch.equal(x[2:], inputs[2:4]) and torch.equal(y[2:], targets[2:4])  # the rest untouched
+    for row in range(2):  # each blended row is lam * a + (1 - lam) * b of the batch, the same lam for both paths
+        found = False
+        for b in range(4):
+            diff = inputs[row] - inputs[b]
+            if diff.abs().max() < 1e-6:
+                continue
+            lam = ((x[row] - inputs[b]) / diff).mean()
+            if torch.allclose(lam * inputs[row] + (1 - lam) * inputs[b], x[row], atol=1e-5):
+                blend = lam * t_inputs[row] + (1 - lam) * t_inputs[b]
+                found = torch.allclose(y[row], teacher_block(blend), atol=1e-5) and 0 <= lam <= 1
+                if found:
+                    break
+        assert found
+    assert _batch(inputs, targets, idx, None, torch.Generator())[0].equal(inputs[:4])
+
+
+def test_reconstruction_with_feature_mix_runs_only_on_the_later_blocks_and_lowers_the_error():
+    teacher, student, images = _setup()
+    calls = []
+    late = teacher.blocks[1]
+    handle = late.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    config = ReconstructConfig(iterations=60, batch_size=16, feature_mix=0.5, feature_mix_after=0.5)
+    try:
+        records = reconstruct(student, teacher, images, config)
+    finally:
+        handle.remove()
+    assert calls.count(8) == 60  # the teacher's late block ran on 8 blended inputs per step
+    assert [r["block"] for r in records[2:]] == ["blocks.1", "head.2"]
+    assert all(r["mse_after"] < 0.95 * r["mse_before"] for r in records[2:])  # the blended blocks still learn
+    early_calls = []
+    h = teacher.blocks[0].register_forward_hook(lambda m, i, o: early_calls.append(len(i[0])))
+    try:
+        reconstruct(copy.deepcopy(student), teacher, images, config)
+    finally:
+        h.remove()
+    assert 8 not in early_calls  # blocks.0 is block 1 of 4: before the second half, no blending
+
+
+def test_feature_mix_must_be_a_share():
+    with pytest.raises(ValueError, match="feature_mix and feature_mix_after must be in"):
+        ReconstructConfig(feature_mix=1.5)
