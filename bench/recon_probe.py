@@ -33,7 +33,7 @@ from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model, save_student  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import open_source, parse_source  # noqa: E402
-from generators.augment import random_jitter  # noqa: E402
+from generators.augment import with_jittered_copies  # noqa: E402
 from generators.refine import RefineConfig  # noqa: E402
 
 
@@ -78,12 +78,6 @@ def blend(images: list[torch.Tensor], share: float, seed: int) -> list[torch.Ten
     return out
 
 
-def augmented(images: list[torch.Tensor], copies: int, seed: int) -> list[torch.Tensor]:
-    """`images` followed by `copies` copies of it, each image randomly shifted (up to 4 pixels) and flipped."""
-    g = torch.Generator().manual_seed(seed)
-    return images + [random_jitter(x, max_shift=4, generator=g) for _ in range(copies) for x in images]
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     tune_allocator()
@@ -124,7 +118,7 @@ def main(argv=None) -> None:
             if n not in recon_sets:
                 recon_sets[n] = images(n, 1, args.refine_steps)
             recon_set = recon_sets[n]
-        recon_set = augmented(blend(recon_set, mix, seed=5), copies, seed=6)
+        recon_set = with_jittered_copies(blend(recon_set, mix, seed=5), copies, seed=6)
         records = reconstruct(student, teacher, recon_set, ReconstructConfig(**fields))
         r = evaluate(student, batches(test), teacher=teacher, progress=False)
         print(f"{text.strip()}: drop {r.teacher_top1 - r.top1:.2f} agreement {r.agreement:.2f} "

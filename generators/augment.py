@@ -24,3 +24,15 @@ def random_jitter(
     padded = padded.gather(2, rows)  # (B, C, H, W+2p)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)
     return padded.gather(3, cols)
+
+
+def with_jittered_copies(
+    batches: list[torch.Tensor], copies: int, *, max_shift: int = 4, seed: int = 0
+) -> list[torch.Tensor]:
+    """`batches` followed by `copies` copies of them, each image shifted by up to `max_shift` pixels and
+    flipped at random (`random_jitter`): a reconstruction set enlarged with label-preserving views, as a
+    classifier's training augmentation would make them."""
+    if copies < 0:
+        raise ValueError(f"the number of jittered copies must be >= 0, got {copies}")
+    g = torch.Generator().manual_seed(seed)
+    return list(batches) + [random_jitter(x, max_shift=max_shift, generator=g) for _ in range(copies) for x in batches]

@@ -16,6 +16,7 @@ from dfq.models import create_teacher
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.sources import open_source, parse_source
+from generators.augment import with_jittered_copies
 from generators.refine import RefineConfig
 
 METHODS = ("calibrate", "reconstruct", "distill")
@@ -57,6 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
                    help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated: better at "
                         "4 bits and above on generated images, worse at 3; see the README)")
+    p.add_argument("--recon-augment", type=int, default=0, metavar="K",
+                   help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
+                        "(0: off; ResNet-20 measurements in the README's open problems)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
@@ -106,6 +110,7 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
         recon_set = first_images(calib_batches, args.recon_images)
     else:
         recon_set = [x for x, _ in batches(args.recon_images, args.seed + 1)]
+    recon_set = with_jittered_copies(recon_set, args.recon_augment, seed=args.seed + 2)
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 
@@ -113,6 +118,8 @@ def run(args: argparse.Namespace) -> dict:
     """Quantize, calibrate, save; optionally evaluate. Returns the report written to OUT/report.json."""
     torch.manual_seed(args.seed)
     methods = parse_methods(args.method)
+    if args.recon_augment < 0:
+        raise ValueError(f"--recon-augment is a number of copies and must be >= 0, got {args.recon_augment}")
     if args.recon_images is None:
         args.recon_images = args.calib_images if args.recon_from_calib else 1024
     source = parse_source(args.source)
@@ -138,7 +145,8 @@ def run(args: argparse.Namespace) -> dict:
         metadata["refine_steps"] = refine.steps
     if "reconstruct" in methods:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
-                        recon_last_block=args.recon_last_block, recon_from_calib=args.recon_from_calib)
+                        recon_last_block=args.recon_last_block, recon_from_calib=args.recon_from_calib,
+                        recon_augment=args.recon_augment)
     if "distill" in methods:
         records.update(distill_stage.run_distill(args, student=student, teacher=teacher, spec=spec, source=source,
                                                  quant_config=config, metadata=metadata))

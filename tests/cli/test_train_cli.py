@@ -37,3 +37,10 @@ def test_bits_out_of_range_are_reported(tmp_path, capsys):
                        "--out", str(tmp_path)])
     assert code == 2
     assert "w_bits must be an integer from 2 to 8" in capsys.readouterr().err
+
+
+def test_negative_recon_augment_is_reported(tmp_path, capsys):
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "reconstruct",
+                       "--recon-augment", "-1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--recon-augment is a number of copies and must be >= 0, got -1" in capsys.readouterr().err
