@@ -5,7 +5,10 @@ on generated images (--student) and one on real images (--reference), and evalua
 the student with one block at a time taken from the reference (its weights, rounding and activation
 steps): the top-1 each swap gains is how much that block's reconstruction on generated images costs.
 
-    python bench/block_swap_probe.py --student runs/exp5/s_gen4/1 --reference runs/exp5/s_real/0
+With --steps-only it swaps only activation step sizes instead: all of them, those of the last stage and
+the classifier, and the classifier's alone.
+
+    python bench/block_swap_probe.py --student runs/exp5/s_gen4/2 --reference runs/exp5/s_real/1
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference", type=Path, required=True)
     p.add_argument("--limit", type=int, help="class-balanced test subset (default: the full test set)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--steps-only", action="store_true", help="swap activation step sizes, not whole blocks")
     return p.parse_args(argv)
 
 
@@ -53,6 +57,20 @@ def main(argv=None) -> None:
 
     base = report("student", student)
     report("reference", reference)
+    if args.steps_only:
+        blocks = find_blocks(student)
+        classifier, stage = blocks[-1], blocks[-2].rsplit(".", 1)[0]  # e.g. "linear", "layer3"
+        groups = {"all": lambda n: True, f"{stage} and {classifier}": lambda n: n.startswith((stage, classifier)),
+                  classifier: lambda n: n == classifier}
+        for label, chosen in groups.items():
+            hybrid = copy.deepcopy(student)
+            ref = dict(reference.named_modules())
+            with torch.no_grad():
+                for name, m in hybrid.named_modules():
+                    if getattr(m, "input_quantizer", None) is not None and chosen(name):
+                        m.input_quantizer.scale.copy_(ref[name].input_quantizer.scale)
+            report(f"student with the reference's activation steps ({label})", hybrid)
+        return
     for block in find_blocks(student):
         hybrid = copy.deepcopy(student)
         hybrid.get_submodule(block).load_state_dict(reference.get_submodule(block).state_dict())
