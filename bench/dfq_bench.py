@@ -40,6 +40,7 @@ from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
+from generators.augment import with_jittered_copies  # noqa: E402
 from generators.checkpoint import META_FILE, load_generator  # noqa: E402
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402
 from generators.pixel_opt import PIXELS_META, PixelOptConfig, load_pixels, optimize_pixels, save_pixels  # noqa: E402
@@ -68,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reconstruct on the first --recon-images calibration images instead of a separate set")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
+    p.add_argument("--recon-augment", type=int, default=0, metavar="K",
+                   help="add K shifted and flipped copies of the reconstruction set to it (quantize --recon-augment)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
                    help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
@@ -148,6 +151,7 @@ class Bench:
             images = first_images(self.calib_set, a.recon_images)
         else:
             images = [x for x, _ in self.source_batches(source, a.recon_images, a.seed + 1, refine)]
+        images = with_jittered_copies(images, a.recon_augment, seed=a.seed + 2)
         reconstruct(student, self.teacher, images,
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
                                       last_block=self.args.recon_last_block))
@@ -170,6 +174,7 @@ class Bench:
         distill_images = a.distill_steps * DistillConfig.batch_size
         recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
                  f"{'' if a.recon_last_block else ', classifier as calibrated'}"
+                 f"{f', {a.recon_augment} jittered copies' if a.recon_augment else ''}"
                  f"{', on calibration images' if a.recon_from_calib else ''})")
         recon_images = 0 if a.recon_from_calib else a.recon_images
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
