@@ -56,8 +56,8 @@ def add_parser(sub) -> None:
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
-                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated: better at "
-                        "4 bits and above on generated images, worse at 3; see the README)")
+                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated: better for "
+                        "4-bit paper students on generated images, worse at 3 bits and under deploy; see the README)")
     p.add_argument("--recon-augment", type=int, default=0, metavar="K",
                    help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
                         "(0: off; ResNet-20 measurements in the README's open problems)")
