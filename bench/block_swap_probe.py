@@ -62,9 +62,9 @@ def main(argv=None) -> None:
         classifier, stage = blocks[-1], blocks[-2].rsplit(".", 1)[0]  # e.g. "linear", "layer3"
         groups = {"all": lambda n: True, f"{stage} and {classifier}": lambda n: n.startswith((stage, classifier)),
                   classifier: lambda n: n == classifier}
+        ref = dict(reference.named_modules())
         for label, chosen in groups.items():
             hybrid = copy.deepcopy(student)
-            ref = dict(reference.named_modules())
             with torch.no_grad():
                 for name, m in hybrid.named_modules():
                     if getattr(m, "input_quantizer", None) is not None and chosen(name):

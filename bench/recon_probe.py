@@ -126,8 +126,8 @@ def main(argv=None) -> None:
               f"{[round(x['undecided'], 3) for x in records]})", flush=True)
         if args.save is not None:
             save_student(student, args.save / str(number), config=qconfig, teacher=args.model,
-                         metadata={"variant": text.strip(), "probe": {k: v if not isinstance(v, Path) else str(v)
-                                                                    for k, v in vars(args).items()}})
+                         metadata={"variant": text.strip(),
+                                   "probe": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}})
 
 
 if __name__ == "__main__":

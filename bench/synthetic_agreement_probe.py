@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.logit_bias_probe import blends  # noqa: E402
+from dfq.distill import kd_loss  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import load_student  # noqa: E402
 from dfq.quant.serialization import read_student_meta  # noqa: E402
@@ -42,7 +42,7 @@ def agreement_stats(student, teacher, batches) -> str:
     for x in batches:
         t, s = teacher(x), student(x)
         agree += (t.argmax(1) == s.argmax(1)).sum().item()
-        kl += F.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="sum").item()
+        kl += kd_loss(s, t, temperature=1.0).item() * len(x)
         err += (s - t).pow(2).sum().item()
         n += len(x)
     return f"agreement {100 * agree / n:.2f} KL {kl / n:.4f} logit error {err / n:.3f}"

@@ -35,13 +35,13 @@ class ReconstructConfig:
     better choice depends on the bits (ResNet-20, `paper`, 2,048 refined images, three and two seeds,
     README "Open problems"): at W4A4 leaving the classifier as calibrated lowered the test drop from 0.76,
     1.49, 1.35 to 0.42, 1.05, 1.13; at W3A3 it raised it from 4.00, 5.08 to 4.40, 5.98. feature_mix: share
-of each batch whose block inputs are blends lam * a + (1 - lam) * b of two inputs of the batch (lam ~
-U(0, 1)), the target being the teacher block's output on the same blend of the teacher's inputs: generated
-images drive a teacher's late, class-level features to extremes, and blends of them stand in for the
-intermediate features of real images; only in blocks past the fraction `feature_mix_after` of the list
-(0.5: the second half), as early features are local textures that blending only ghosts. Off by default:
-share 0.5 in ResNet-20's stage 3 and classifier (after 0.6) gave W4A4 `paper` drops of 1.06, 1.27, 1.55
-over three seeds against 0.49, 1.41, 1.84 without it (README "Open problems")."""
+    of each batch whose block inputs are blends lam * a + (1 - lam) * b of two inputs of the batch (lam ~
+    U(0, 1)), the target being the teacher block's output on the same blend of the teacher's inputs:
+    generated images drive a teacher's late, class-level features to extremes, and blends of them stand in
+    for the intermediate features of real images; only in blocks past the fraction `feature_mix_after` of
+    the list (0.5: the second half), as early features are local textures that blending only ghosts. Off
+    by default: share 0.5 in ResNet-20's stage 3 and classifier (after 0.6) gave W4A4 `paper` drops of
+    1.06, 1.27, 1.55 over three seeds against 0.49, 1.41, 1.84 without it (README "Open problems")."""
 
     iterations: int = 500
     batch_size: int = 32
@@ -146,6 +146,24 @@ def _collect(model: nn.Module, block: nn.Module, images: list[torch.Tensor], *, 
                     stopper.remove()
         chunks.append(store[0])
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def _collect_io(model: nn.Module, block: nn.Module, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's input and output for every image batch, both from one forward pass per batch."""
+    inputs, outputs = [], []
+
+    def record(module, args, output) -> None:  # returns None: a forward hook's return value replaces the output
+        inputs.append(args[0].detach())
+        outputs.append(output.detach())
+
+    handle = block.register_forward_hook(record)
+    try:
+        for x in images:
+            model(x)
+    finally:
+        handle.remove()
+    return torch.cat(inputs), torch.cat(outputs)
 
 
 def reconstruction_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -314,12 +332,13 @@ def reconstruct(
             if name not in teacher_modules:
                 raise ValueError(f"student block {name!r} has no counterpart in the teacher")
             block, teacher_block = student.get_submodule(name), teacher_modules[name]
-            targets = _collect(teacher, teacher_block, images, output=True)
-            inputs = _collect(student, block, images, output=False)
             mix = None
             if config.feature_mix > 0 and number >= config.feature_mix_after * len(blocks):
-                mix = FeatureMix(teacher_block, _collect(teacher, teacher_block, images, output=False),
-                                 config.feature_mix)
+                teacher_inputs, targets = _collect_io(teacher, teacher_block, images)
+                mix = FeatureMix(teacher_block, teacher_inputs, config.feature_mix)
+            else:
+                targets = _collect(teacher, teacher_block, images, output=True)
+            inputs = _collect(student, block, images, output=False)
             if inputs.dim() == 4:  # channels-last convolutions run 2x faster here on small CPU batches
                 block.to(memory_format=torch.channels_last)
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
