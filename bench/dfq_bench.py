@@ -9,7 +9,8 @@ For each setting (bits x protocol) it runs, on one teacher:
                 -> distill with the generator in the loop
 and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
 wall seconds (generator or pixel-set making included) and images consumed. The generator and pixel set
-are made once and reused. `--distill-steps 0` leaves out the distillation stage; every row names the
+are made once and reused, and so are the (refined) calibration images within one run: each row that
+reuses them is charged the seconds their making took. `--distill-steps 0` leaves out the distillation stage; every row names the
 pipeline that produced it.
 
     python bench/dfq_bench.py --only W4A4:paper --out runs/bench_dfq
@@ -115,6 +116,11 @@ class Bench:
         self.teacher_top1 = evaluate(self.teacher, batches(self.test), progress=False).top1
         self.gen_seconds = self._ensure_generator()
         self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
+        # images made once per (source, count, seed, refinement) and shared by every setting of the run: the
+        # refined generator batches do not depend on the bits or protocol; a row that reuses them is charged
+        # the seconds their making took, so its wall time reads as if it had made them itself
+        self._made: dict[tuple, tuple[list[torch.Tensor], float]] = {}
+        self.reused_seconds = 0.0
 
     def _ensure_generator(self) -> float:
         path = Path(self.args.generator)
@@ -131,15 +137,26 @@ class Bench:
             save_pixels(path, images, labels, teacher=self.args.model, config=config, seconds=seconds)
         return json.loads((path / PIXELS_META).read_text())["seconds"]
 
-    def source_batches(self, source: Source, num_images: int, seed: int, refine: RefineConfig | None = None):
-        return open_source(source, teacher=self.teacher, teacher_name=self.args.model, spec=self.spec,
-                           num_images=num_images, batch_size=self.args.batch_size, seed=seed, refine=refine)
+    def source_images(self, source: Source, num_images: int, seed: int,
+                      refine: RefineConfig | None = None) -> list[torch.Tensor]:
+        """The image batches of `source` (labels dropped), made on first use and reused afterwards."""
+        key = (source.kind, str(source.path), num_images, seed, self.args.batch_size, repr(refine))
+        if key in self._made:
+            images, seconds = self._made[key]
+            self.reused_seconds += seconds
+            return images
+        start = time.perf_counter()
+        images = [x for x, _ in open_source(source, teacher=self.teacher, teacher_name=self.args.model,
+                                            spec=self.spec, num_images=num_images,
+                                            batch_size=self.args.batch_size, seed=seed, refine=refine)]
+        self._made[key] = images, time.perf_counter() - start
+        return images
 
     def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse",
                    refine: RefineConfig | None = None):
         student = quantize_model(self.teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol,
                                                            weight_observer=observer, act_observer=observer))
-        self.calib_set = [x for x, _ in self.source_batches(source, self.args.calib_images, self.args.seed, refine)]
+        self.calib_set = self.source_images(source, self.args.calib_images, self.args.seed, refine)
         calibrate(student, self.calib_set)
         return student
 
@@ -150,7 +167,7 @@ class Bench:
         if a.recon_from_calib:
             images = first_images(self.calib_set, a.recon_images)
         else:
-            images = [x for x, _ in self.source_batches(source, a.recon_images, a.seed + 1, refine)]
+            images = self.source_images(source, a.recon_images, a.seed + 1, refine)
         images = with_jittered_copies(images, a.recon_augment, seed=a.seed + 2)
         reconstruct(student, self.teacher, images,
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
@@ -178,7 +195,7 @@ class Bench:
                  f"{', on calibration images' if a.recon_from_calib else ''})")
         recon_images = 0 if a.recon_from_calib else a.recon_images
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
-        start = time.perf_counter()
+        start, self.reused_seconds = time.perf_counter(), 0.0
         extra_seconds, images = 0.0, 0
         if method == "real-calib":
             student = self.calibrated(bits, protocol, real)
@@ -222,7 +239,7 @@ class Bench:
                 pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"
             extra_seconds = self.gen_seconds
             images = a.calib_images + recon_images + distill_images
-        seconds = time.perf_counter() - start + extra_seconds
+        seconds = time.perf_counter() - start + extra_seconds + self.reused_seconds
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
         return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline,
                 "top1": r.top1, "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1,
