@@ -243,7 +243,8 @@ class Bench:
         r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
         return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline,
                 "top1": r.top1, "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1,
-                "agreement": r.agreement, "seconds": seconds, "images": images, "num_eval_images": r.num_images}
+                "agreement": r.agreement, "seconds": seconds, "images": images, "num_eval_images": r.num_images,
+                "seed": a.seed}
 
 
 def main(argv=None) -> None:
@@ -261,14 +262,14 @@ def main(argv=None) -> None:
             row["command"] = "python " + " ".join(sys.argv)
             # re-read so that runs of other settings in parallel processes keep their rows
             rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-            key = ("model", "setting", "method", "pipeline")
-            rows = [r for r in rows if [r.get(k) for k in key] != [row[k] for k in key]] + [row]
+            key = ("model", "setting", "method", "pipeline", "seed")  # rows from before the seed field: seed 0
+            rows = [r for r in rows if [r.get(k, 0) for k in key] != [row[k] for k in key]] + [row]
             print(row, flush=True)
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
     rows = json.loads(results_path.read_text())["rows"]
     table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"),
-                                  ("pipeline", "pipeline"), ("top1", "top-1"), ("drop", "drop"),
+                                  ("pipeline", "pipeline"), ("seed", "seed"), ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
     (out / "results.md").write_text(table + "\n")
     print(table)
