@@ -65,8 +65,10 @@ def add_parser(sub) -> None:
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
     distill_stage.add_arguments(p)
-    p.add_argument("--weight-observer", default="minmax", choices=list(OBSERVERS))
-    p.add_argument("--act-observer", default="minmax", choices=list(OBSERVERS))
+    p.add_argument("--weight-observer", default="mse", choices=list(OBSERVERS),
+                   help="range of each weight channel (default mse: the clipping that minimizes the error)")
+    p.add_argument("--act-observer", default="mse", choices=list(OBSERVERS),
+                   help="range of each quantized activation, from the calibration images (default mse)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="calibration batch; for generator sources also the batch refined together (its BN "
                         "statistics are matched as a whole; lower it for large inputs)")
