@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.data import load_dataset  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
-from dfq.io import write_json_atomic  # noqa: E402
+from dfq.io import atomic_write, write_json_atomic  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
@@ -82,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
     p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
+    p.add_argument("--images-cache", type=Path,
+                   help="folder where the (refined) calibration images are kept with the seconds their making "
+                        "took, so that later runs of other pipelines on the same images skip the refinement and "
+                        "are charged those seconds instead")
     p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_dfq")
@@ -140,7 +145,14 @@ class Bench:
     def source_images(self, source: Source, num_images: int, seed: int,
                       refine: RefineConfig | None = None) -> list[torch.Tensor]:
         """The image batches of `source` (labels dropped), made on first use and reused afterwards."""
-        key = (source.kind, str(source.path), num_images, seed, self.args.batch_size, repr(refine))
+        key = (self.args.model, source.kind, str(source.path), num_images, seed, self.args.batch_size, repr(refine))
+        cache = self.args.images_cache
+        file = cache / (hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".pt") if cache else None
+        if key not in self._made and file is not None and file.exists():
+            saved = torch.load(file)
+            if saved["key"] != repr(key):
+                raise ValueError(f"{file} holds other images ({saved['key']}); remove it")
+            self._made[key] = saved["images"], saved["seconds"]
         if key in self._made:
             images, seconds = self._made[key]
             self.reused_seconds += seconds
@@ -150,6 +162,9 @@ class Bench:
                                             spec=self.spec, num_images=num_images,
                                             batch_size=self.args.batch_size, seed=seed, refine=refine)]
         self._made[key] = images, time.perf_counter() - start
+        if file is not None:
+            record = {"key": repr(key), "images": images, "seconds": self._made[key][1]}
+            atomic_write(file, lambda tmp: torch.save(record, tmp))
         return images
 
     def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse",
