@@ -282,7 +282,7 @@ def main(argv=None) -> None:
             print(row, flush=True)
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
-    rows = json.loads(results_path.read_text())["rows"]
+    rows = [{"seed": 0, **r} for r in json.loads(results_path.read_text())["rows"]]
     table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"),
                                   ("pipeline", "pipeline"), ("seed", "seed"), ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
