@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
     p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
     p.add_argument("--generator-every", type=int, default=4)
-    p.add_argument("--images-cache", type=Path,
+    p.add_argument("--images-cache",
                    help="folder where the (refined) calibration images are kept with the seconds their making "
                         "took, so that later runs of other pipelines on the same images skip the refinement and "
                         "are charged those seconds instead")
@@ -146,7 +146,7 @@ class Bench:
                       refine: RefineConfig | None = None) -> list[torch.Tensor]:
         """The image batches of `source` (labels dropped), made on first use and reused afterwards."""
         key = (self.args.model, source.kind, str(source.path), num_images, seed, self.args.batch_size, repr(refine))
-        cache = self.args.images_cache
+        cache = Path(self.args.images_cache) if self.args.images_cache else None
         file = cache / (hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".pt") if cache else None
         if key not in self._made and file is not None and file.exists():
             saved = torch.load(file)
