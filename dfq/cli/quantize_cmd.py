@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
                         "4-bit paper students on generated images, worse at 3 bits and under deploy; see the README)")
     p.add_argument("--recon-augment", type=int, default=0, metavar="K",
                    help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
-                        "(0: off; ResNet-20 measurements in the README's open problems)")
+                        "(0: off; 2 lowered ResNet-20's drop under deploy and cost at W5A5 paper: see the README)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
