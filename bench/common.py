@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import platform
 from pathlib import Path
@@ -53,3 +54,9 @@ def parse_kwargs(text: str) -> dict:
     if call.args:
         raise ValueError(f"expected name=value pairs, got {text!r}")
     return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a bench/dfq_bench.py results.json; rows written before rows carried their seed ran with
+    seed 0 and get it."""
+    return [{"seed": 0, **r} for r in json.loads(Path(path).read_text())["rows"]]

@@ -9,9 +9,9 @@ For each setting (bits x protocol) it runs, on one teacher:
                 -> distill with the generator in the loop
 and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
 wall seconds (generator or pixel-set making included) and images consumed. The generator and pixel set
-are made once and reused, and so are the (refined) calibration images within one run: each row that
-reuses them is charged the seconds their making took. `--distill-steps 0` leaves out the distillation stage; every row names the
-pipeline that produced it.
+are made once and reused, and so are the (refined) calibration images within one run (or across runs
+with --images-cache): each row that reuses them is charged the seconds their making took.
+`--distill-steps 0` leaves out the distillation stage; every row names the pipeline that produced it.
 
     python bench/dfq_bench.py --only W4A4:paper --out runs/bench_dfq
 
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload  # noqa: E402
+from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload, read_rows  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.data import load_dataset  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
@@ -276,13 +276,13 @@ def main(argv=None) -> None:
             row = bench.run(method, bits, protocol)
             row["command"] = "python " + " ".join(sys.argv)
             # re-read so that runs of other settings in parallel processes keep their rows
-            rows = json.loads(results_path.read_text())["rows"] if results_path.exists() else []
-            key = ("model", "setting", "method", "pipeline", "seed")  # rows from before the seed field: seed 0
-            rows = [r for r in rows if [r.get(k, 0) for k in key] != [row[k] for k in key]] + [row]
+            rows = read_rows(results_path) if results_path.exists() else []
+            key = ("model", "setting", "method", "pipeline", "seed")
+            rows = [r for r in rows if [r[k] for k in key] != [row[k] for k in key]] + [row]
             print(row, flush=True)
             write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
                                              "teacher_top1": bench.teacher_top1, "rows": rows})
-    rows = [{"seed": 0, **r} for r in json.loads(results_path.read_text())["rows"]]
+    rows = read_rows(results_path)
     table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"),
                                   ("pipeline", "pipeline"), ("seed", "seed"), ("top1", "top-1"), ("drop", "drop"),
                                   ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])

@@ -7,9 +7,14 @@ their mean, so that pipelines are compared over seeds rather than by single rows
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import read_rows  # noqa: E402
 
 
 def seed_table(rows: list[dict], *, method: str | None = None, contains: str = "", model: str | None = None) -> str:
@@ -37,8 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--contains", default="", help="only rows whose pipeline contains this text")
     p.add_argument("--model", help="only this teacher's rows")
     args = p.parse_args(argv)
-    rows = json.loads(open(args.results).read())["rows"]
-    print(seed_table(rows, method=args.method, contains=args.contains, model=args.model))
+    print(seed_table(read_rows(args.results), method=args.method, contains=args.contains, model=args.model))
 
 
 if __name__ == "__main__":

@@ -152,17 +152,11 @@ def _collect(model: nn.Module, block: nn.Module, images: list[torch.Tensor], *, 
 def _collect_io(model: nn.Module, block: nn.Module, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's input and output for every image batch, both from one forward pass per batch."""
     inputs, outputs = [], []
-
-    def record(module, args, output) -> None:  # returns None: a forward hook's return value replaces the output
-        inputs.append(args[0].detach())
-        outputs.append(output.detach())
-
-    handle = block.register_forward_hook(record)
-    try:
-        for x in images:
+    for x in images:
+        with _capture(block, output=False) as block_in, _capture(block, output=True) as block_out:
             model(x)
-    finally:
-        handle.remove()
+        inputs.append(block_in[0])
+        outputs.append(block_out[0])
     return torch.cat(inputs), torch.cat(outputs)
 
 
