@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload, read_rows  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
+from dfq.cli.quantize_cmd import copies_or_auto  # noqa: E402
 from dfq.data import load_dataset  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.io import atomic_write, write_json_atomic  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
+from dfq.quant.recon_defaults import ReconOptions, recon_defaults  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
 from generators.augment import with_jittered_copies  # noqa: E402
@@ -71,10 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reconstruct on the first --recon-images calibration images instead of a separate set")
     p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
-    p.add_argument("--recon-augment", type=int, default=0, metavar="K",
-                   help="add K shifted and flipped copies of the reconstruction set to it (quantize --recon-augment)")
-    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
-                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated)")
+    p.add_argument("--recon-augment", type=copies_or_auto, default=None, metavar="K|auto",
+                   help="add K shifted and flipped copies of the reconstruction set to it (default auto: by the "
+                        "setting, as quantize --recon-augment)")
+    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=None,
+                   help="reconstruct the classifier too; --no-recon-last-block leaves it as calibrated (default: by "
+                        "the setting, as quantize)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="ours: refine each generated calibration/reconstruction batch this many steps (0: raw)")
     p.add_argument("--batch-size", type=int, default=128,
@@ -175,7 +179,14 @@ class Bench:
         calibrate(student, self.calib_set)
         return student
 
-    def reconstructed(self, student, source: Source, refine: RefineConfig | None = None):
+    def recon_options(self, bits: int, protocol: str) -> ReconOptions:
+        """--recon-augment and --recon-last-block, each by the setting (`recon_defaults`) where left open."""
+        chosen = recon_defaults(protocol, bits, bits)
+        a = self.args
+        return ReconOptions(chosen.augment if a.recon_augment is None else a.recon_augment,
+                            chosen.last_block if a.recon_last_block is None else a.recon_last_block, chosen.why)
+
+    def reconstructed(self, student, source: Source, options: ReconOptions, refine: RefineConfig | None = None):
         """Reconstruct `student` (just calibrated from `source`) on recon_images images: the first of its
         calibration set with --recon-from-calib, else a separate draw from `source`."""
         a = self.args
@@ -183,10 +194,10 @@ class Bench:
             images = first_images(self.calib_set, a.recon_images)
         else:
             images = self.source_images(source, a.recon_images, a.seed + 1, refine)
-        images = with_jittered_copies(images, a.recon_augment, seed=a.seed + 2)
+        images = with_jittered_copies(images, options.augment, seed=a.seed + 2)
         reconstruct(student, self.teacher, images,
                     ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
-                                      last_block=self.args.recon_last_block))
+                                      last_block=options.last_block))
         return student
 
     def distilled(self, student, config: DistillConfig | None, *, generator=None, data=None):
@@ -204,9 +215,10 @@ class Bench:
         ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
                 if a.distill_steps else None)
         distill_images = a.distill_steps * DistillConfig.batch_size
+        options = self.recon_options(bits, protocol)
         recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
-                 f"{'' if a.recon_last_block else ', classifier as calibrated'}"
-                 f"{f', {a.recon_augment} jittered copies' if a.recon_augment else ''}"
+                 f"{'' if options.last_block else ', classifier as calibrated'}"
+                 f"{f', {options.augment} jittered copies' if options.augment else ''}"
                  f"{', on calibration images' if a.recon_from_calib else ''})")
         recon_images = 0 if a.recon_from_calib else a.recon_images
         pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
@@ -216,7 +228,7 @@ class Bench:
             student = self.calibrated(bits, protocol, real)
             images, pipeline = a.calib_images, "calibrate(mse)"
         elif method == "real-distill":
-            student = self.reconstructed(self.calibrated(bits, protocol, real), real)
+            student = self.reconstructed(self.calibrated(bits, protocol, real), real, options)
             if ours:  # scanning the 50,000 training files is worth it only when distilling
                 ds = load_dataset(a.train_data, self.spec, train=True)
                 loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
@@ -224,7 +236,7 @@ class Bench:
                 student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
             images = a.calib_images + recon_images + distill_images
         elif method == "pixels":
-            student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels)
+            student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels, options)
             px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
             data = torch.utils.data.DataLoader(
                 torch.utils.data.TensorDataset(normalize(px, self.spec.mean, self.spec.std), labels),
@@ -246,7 +258,8 @@ class Bench:
             generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
             refine_fields = parse_kwargs(a.refine_config)
             refine = RefineConfig(steps=a.refine_steps, **refine_fields) if a.refine_steps else None
-            student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, refine)
+            student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, options,
+                                       refine)
             student = self.distilled(student, ours, generator=generator)
             if refine:
                 extra = "".join(f", {k} {v}" for k, v in refine_fields.items())

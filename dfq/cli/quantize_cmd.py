@@ -14,6 +14,7 @@ from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, calibrate, quantize_model, save_student, summarize
+from dfq.quant.recon_defaults import recon_defaults
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.sources import open_source, parse_source
 from generators.augment import with_jittered_copies
@@ -33,6 +34,11 @@ def parse_methods(text: str) -> list[str]:
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)} (comma-separated chain)")
     return ["calibrate"] + [m for m in methods if m != "calibrate"]
+
+
+def copies_or_auto(text: str) -> int | None:
+    """--recon-augment's value: a number of copies, or `auto` (None) for the setting's default."""
+    return None if text == "auto" else int(text)
 
 
 def add_parser(sub) -> None:
@@ -55,12 +61,12 @@ def add_parser(sub) -> None:
                         "--no-recon-from-calib)")
     p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob,
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
-    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=ReconstructConfig.last_block,
-                   help="reconstruct the classifier too (--no-recon-last-block leaves it as calibrated: better for "
-                        "4-bit paper students on generated images, worse at 3 bits and under deploy; see the README)")
-    p.add_argument("--recon-augment", type=int, default=0, metavar="K",
+    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=None,
+                   help="reconstruct the classifier too; --no-recon-last-block leaves it as calibrated (default: "
+                        "by the setting, off only for 4-bit paper students, where that measured best)")
+    p.add_argument("--recon-augment", type=copies_or_auto, default=None, metavar="K|auto",
                    help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
-                        "(0: off; 2 lowered ResNet-20's drop under deploy and cost at W5A5 paper: see the README)")
+                        "(default auto: 2 under deploy and for paper students under 5 bits, else 0; see the README)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
@@ -116,12 +122,32 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 
+def resolve_recon_options(args, methods) -> str | None:
+    """Fill --recon-augment and --recon-last-block left open with the setting's defaults (`recon_defaults`);
+    returns why they were chosen, or None when nothing was left open or nothing is reconstructed.
+
+    Raises:
+        ValueError: a negative number of copies.
+    """
+    if args.recon_augment is not None and args.recon_augment < 0:
+        raise ValueError(f"--recon-augment is a number of copies and must be >= 0, got {args.recon_augment}")
+    chosen = recon_defaults(args.protocol, args.w_bits, args.a_bits)
+    open_options = [name for name in ("recon_augment", "recon_last_block") if getattr(args, name) is None]
+    if args.recon_augment is None:
+        args.recon_augment = chosen.augment
+    if args.recon_last_block is None:
+        args.recon_last_block = chosen.last_block
+    if not open_options or "reconstruct" not in methods:
+        return None
+    print(f"reconstruction: {args.recon_augment} jittered copies, classifier "
+          f"{'reconstructed' if args.recon_last_block else 'as calibrated'} ({chosen.why})")
+    return chosen.why
+
+
 def run(args: argparse.Namespace) -> dict:
     """Quantize, calibrate, save; optionally evaluate. Returns the report written to OUT/report.json."""
     torch.manual_seed(args.seed)
     methods = parse_methods(args.method)
-    if args.recon_augment < 0:
-        raise ValueError(f"--recon-augment is a number of copies and must be >= 0, got {args.recon_augment}")
     if args.recon_images is None:
         args.recon_images = args.calib_images if args.recon_from_calib else 1024
     source = parse_source(args.source)
@@ -130,6 +156,7 @@ def run(args: argparse.Namespace) -> dict:
         w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
         weight_observer=args.weight_observer, act_observer=args.act_observer,
     )
+    auto = resolve_recon_options(args, methods)
     if args.resume and "distill" not in methods:
         raise ValueError("--resume continues a distillation; add distill to --method")
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
@@ -149,6 +176,8 @@ def run(args: argparse.Namespace) -> dict:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
                         recon_last_block=args.recon_last_block, recon_from_calib=args.recon_from_calib,
                         recon_augment=args.recon_augment)
+        if auto:
+            metadata["recon_defaults"] = auto
     if "distill" in methods:
         records.update(distill_stage.run_distill(args, student=student, teacher=teacher, spec=spec, source=source,
                                                  quant_config=config, metadata=metadata))

@@ -69,6 +69,10 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
     assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
+    # options left open are chosen by the setting: at W4A4 paper, 2 jittered copies, classifier as calibrated
+    assert report["recon_augment"] == 2 and report["recon_last_block"] is False
+    assert "paper, 4 bits" in report["recon_defaults"]
+    assert [r["block"] for r in report["reconstruct"]][-1] != "fc"
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
                        "--out", str(tmp_path / "bad")]) == 2
     assert "unknown method" in capsys.readouterr().err
@@ -100,11 +104,13 @@ def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_p
     args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
             "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32", "--w-bits", "4",
             "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct", "--recon-iters", "2",
-            "--refine-steps", "2", "--workers", "0", "--recon-from-calib"]
+            "--refine-steps", "2", "--workers", "0", "--recon-from-calib", "--recon-augment", "0", "--recon-last-block"]
     assert train_main(args + ["--recon-images", "48", "--out", str(tmp_path / "s")]) == 0, capsys.readouterr().err
     assert seen["calib"].shape[0] == 64 and torch.equal(seen["recon"], seen["calib"][:48])
     metadata = json.loads((tmp_path / "s" / "student.json").read_text())["metadata"]
     assert metadata["recon_from_calib"] is True and metadata["recon_images"] == 48
+    assert metadata["recon_augment"] == 0 and metadata["recon_last_block"] is True  # explicit options win
+    assert "recon_defaults" not in metadata
     assert train_main(args + ["--recon-images", "65", "--out", str(tmp_path / "bad")]) == 2
     assert "--recon-images (65) must not exceed --calib-images (64)" in capsys.readouterr().err
 

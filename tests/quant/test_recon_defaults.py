@@ -1,0 +1,25 @@
+import pytest
+
+from dfq.quant.recon_defaults import recon_defaults
+
+
+@pytest.mark.parametrize(("protocol", "w_bits", "a_bits", "augment", "last_block"), [
+    ("paper", 4, 4, 2, False),    # copies + classifier as calibrated: best measured at W4A4 paper
+    ("paper", 3, 3, 2, True),     # copies helped at W3A3 paper; leaving the classifier hurt there
+    ("paper", 5, 5, 0, True),     # copies cost at W5A5 paper
+    ("paper", 8, 8, 0, True),
+    ("paper", 4, 8, 2, False),    # the narrower width decides
+    ("paper", 8, 3, 2, True),
+    ("deploy", 4, 4, 2, True),    # copies helped under deploy at every width measured
+    ("deploy", 3, 3, 2, True),
+    ("deploy", 5, 5, 2, True),
+])
+def test_recon_defaults_by_setting(protocol, w_bits, a_bits, augment, last_block):
+    options = recon_defaults(protocol, w_bits, a_bits)
+    assert (options.augment, options.last_block) == (augment, last_block)
+    assert protocol in options.why
+
+
+def test_recon_defaults_refuse_an_unknown_protocol():
+    with pytest.raises(ValueError, match="unknown protocol 'fast'; choose one of paper, deploy"):
+        recon_defaults("fast", 4, 4)
