@@ -38,7 +38,12 @@ def parse_methods(text: str) -> list[str]:
 
 def copies_or_auto(text: str) -> int | None:
     """--recon-augment's value: a number of copies, or `auto` (None) for the setting's default."""
-    return None if text == "auto" else int(text)
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of copies or 'auto', got {text!r}") from None
 
 
 def add_parser(sub) -> None:

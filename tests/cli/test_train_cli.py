@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from dfq.cli.eval_cli import main as eval_main
 from dfq.cli.train_cli import main as train_main
 
@@ -44,3 +46,11 @@ def test_negative_recon_augment_is_reported(tmp_path, capsys):
                        "--recon-augment", "-1", "--out", str(tmp_path)])
     assert code == 2
     assert "--recon-augment is a number of copies and must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_recon_augment_that_is_not_a_number_is_reported(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "reconstruct",
+                    "--recon-augment", "two", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "expected a number of copies or 'auto', got 'two'" in capsys.readouterr().err
