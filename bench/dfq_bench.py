@@ -179,9 +179,10 @@ class Bench:
         calibrate(student, self.calib_set)
         return student
 
-    def recon_options(self, bits: int, protocol: str) -> ReconOptions:
-        """--recon-augment and --recon-last-block, each by the setting (`recon_defaults`) where left open."""
-        chosen = recon_defaults(protocol, bits, bits)
+    def recon_options(self, bits: int, protocol: str, method: str) -> ReconOptions:
+        """--recon-augment and --recon-last-block, each by the setting and source (`recon_defaults`) where left
+        open."""
+        chosen = recon_defaults(protocol, bits, bits, synthetic=not method.startswith("real"))
         a = self.args
         return ReconOptions(chosen.augment if a.recon_augment is None else a.recon_augment,
                             chosen.last_block if a.recon_last_block is None else a.recon_last_block, chosen.why)
@@ -215,7 +216,7 @@ class Bench:
         ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
                 if a.distill_steps else None)
         distill_images = a.distill_steps * DistillConfig.batch_size
-        options = self.recon_options(bits, protocol)
+        options = self.recon_options(bits, protocol, method)
         recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
                  f"{'' if options.last_block else ', classifier as calibrated'}"
                  f"{f', {options.augment} jittered copies' if options.augment else ''}"

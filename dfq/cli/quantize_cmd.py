@@ -68,10 +68,12 @@ def add_parser(sub) -> None:
                    help="QDrop: probability that an activation skips quantization while reconstructing (0: off)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=None,
                    help="reconstruct the classifier too; --no-recon-last-block leaves it as calibrated (default: "
-                        "by the setting, off only for 4-bit paper students, where that measured best)")
+                        "by the setting, off only for 4-bit paper students on generated images, where that "
+                        "measured best)")
     p.add_argument("--recon-augment", type=copies_or_auto, default=None, metavar="K|auto",
                    help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
-                        "(default auto: 2 under deploy and for paper students under 5 bits, else 0; see the README)")
+                        "(default auto: on generated images 2 under deploy and for paper students under 5 bits, "
+                        "else 0; see the README)")
     p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
                    help="generator sources: refine each calibration and reconstruction batch for this many steps "
                         "against the teacher's BN statistics (0: raw samples)")
@@ -127,7 +129,7 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 
-def resolve_recon_options(args, methods) -> str | None:
+def resolve_recon_options(args, methods, source) -> str | None:
     """Fill --recon-augment and --recon-last-block left open with the setting's defaults (`recon_defaults`);
     returns why they were chosen, or None when nothing was left open or nothing is reconstructed.
 
@@ -136,7 +138,7 @@ def resolve_recon_options(args, methods) -> str | None:
     """
     if args.recon_augment is not None and args.recon_augment < 0:
         raise ValueError(f"--recon-augment is a number of copies and must be >= 0, got {args.recon_augment}")
-    chosen = recon_defaults(args.protocol, args.w_bits, args.a_bits)
+    chosen = recon_defaults(args.protocol, args.w_bits, args.a_bits, synthetic=source.kind != "real")
     open_options = [name for name in ("recon_augment", "recon_last_block") if getattr(args, name) is None]
     if args.recon_augment is None:
         args.recon_augment = chosen.augment
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
         weight_observer=args.weight_observer, act_observer=args.act_observer,
     )
-    auto = resolve_recon_options(args, methods)
+    auto = resolve_recon_options(args, methods, source)
     if args.resume and "distill" not in methods:
         raise ValueError("--resume continues a distillation; add distill to --method")
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)

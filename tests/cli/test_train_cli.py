@@ -54,3 +54,19 @@ def test_recon_augment_that_is_not_a_number_is_reported(tmp_path, capsys):
                     "--recon-augment", "two", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "expected a number of copies or 'auto', got 'two'" in capsys.readouterr().err
+
+
+def test_reconstruct_on_real_images_keeps_the_plain_options(weights_dir, cifar_train_dir, tmp_path, capsys):
+    out = tmp_path / "student"
+    code = train_main([
+        "quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+        "--source", f"real:{cifar_train_dir}", "--calib-images", "32", "--batch-size", "16", "--w-bits", "4",
+        "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct", "--recon-iters", "1", "--out", str(out),
+        "--workers", "0",
+    ])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    # the options chosen for generated images (copies, classifier as calibrated) are not applied to real ones
+    assert report["recon_augment"] == 0 and report["recon_last_block"] is True
+    assert "real images" in report["recon_defaults"]
+    assert report["reconstruct"][-1]["block"] == "linear"  # the classifier was reconstructed

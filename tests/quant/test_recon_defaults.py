@@ -23,3 +23,10 @@ def test_recon_defaults_by_setting(protocol, w_bits, a_bits, augment, last_block
 def test_recon_defaults_refuse_an_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol 'fast'; choose one of paper, deploy"):
         recon_defaults("fast", 4, 4)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "deploy"])
+def test_real_images_keep_the_plain_reconstruction(protocol):
+    options = recon_defaults(protocol, 4, 4, synthetic=False)
+    assert (options.augment, options.last_block) == (0, True)
+    assert "real images" in options.why
