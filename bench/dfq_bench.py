@@ -182,10 +182,8 @@ class Bench:
     def recon_options(self, bits: int, protocol: str, method: str) -> ReconOptions:
         """--recon-augment and --recon-last-block, each by the setting and source (`recon_defaults`) where left
         open."""
-        chosen = recon_defaults(protocol, bits, bits, synthetic=not method.startswith("real"))
-        a = self.args
-        return ReconOptions(chosen.augment if a.recon_augment is None else a.recon_augment,
-                            chosen.last_block if a.recon_last_block is None else a.recon_last_block, chosen.why)
+        return recon_defaults(protocol, bits, bits, synthetic=not method.startswith("real"),
+                              augment=self.args.recon_augment, last_block=self.args.recon_last_block)
 
     def reconstructed(self, student, source: Source, options: ReconOptions, refine: RefineConfig | None = None):
         """Reconstruct `student` (just calibrated from `source`) on recon_images images: the first of its

@@ -129,26 +129,23 @@ def _calibrate_and_reconstruct(args, methods, source, refine, student, teacher, 
     return {"reconstruct": reconstruct(student, teacher, recon_set, config, progress=True)}
 
 
-def resolve_recon_options(args, methods, source) -> str | None:
+def resolve_recon_options(args, methods, source) -> str:
     """Fill --recon-augment and --recon-last-block left open with the setting's defaults (`recon_defaults`);
-    returns why they were chosen, or None when nothing was left open or nothing is reconstructed.
+    returns why they were chosen ("" when both were given or nothing is reconstructed).
 
     Raises:
         ValueError: a negative number of copies.
     """
     if args.recon_augment is not None and args.recon_augment < 0:
         raise ValueError(f"--recon-augment is a number of copies and must be >= 0, got {args.recon_augment}")
-    chosen = recon_defaults(args.protocol, args.w_bits, args.a_bits, synthetic=source.kind != "real")
-    open_options = [name for name in ("recon_augment", "recon_last_block") if getattr(args, name) is None]
-    if args.recon_augment is None:
-        args.recon_augment = chosen.augment
-    if args.recon_last_block is None:
-        args.recon_last_block = chosen.last_block
-    if not open_options or "reconstruct" not in methods:
-        return None
-    print(f"reconstruction: {args.recon_augment} jittered copies, classifier "
-          f"{'reconstructed' if args.recon_last_block else 'as calibrated'} ({chosen.why})")
-    return chosen.why
+    options = recon_defaults(args.protocol, args.w_bits, args.a_bits, synthetic=source.kind != "real",
+                             augment=args.recon_augment, last_block=args.recon_last_block)
+    args.recon_augment, args.recon_last_block = options.augment, options.last_block
+    if not options.why or "reconstruct" not in methods:
+        return ""
+    print(f"reconstruction: {options.augment} jittered copies, classifier "
+          f"{'reconstructed' if options.last_block else 'as calibrated'} ({options.why})")
+    return options.why
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -26,25 +26,34 @@ from dfq.quant.config import PROTOCOLS
 @dataclass(frozen=True)
 class ReconOptions:
     """augment: jittered copies of the reconstruction set added to it. last_block: reconstruct the
-    classifier too. why: the measurement behind the choice, for reports."""
+    classifier too. why: the measurement behind the options chosen here ("" when the caller gave both)."""
 
     augment: int
     last_block: bool
     why: str
 
 
-def recon_defaults(protocol: str, w_bits: int, a_bits: int, *, synthetic: bool = True) -> ReconOptions:
+def recon_defaults(protocol: str, w_bits: int, a_bits: int, *, synthetic: bool = True, augment: int | None = None,
+                   last_block: bool | None = None) -> ReconOptions:
     """The reconstruction options for a setting; the narrower of the two widths decides. `synthetic`: the
-    reconstruction images are generated (a generator or a pixel-optimized set), not real.
+    reconstruction images are generated (a generator or a pixel-optimized set), not real. `augment` and
+    `last_block`, when given, win over the setting's choice.
 
     Raises:
         ValueError: an unknown protocol.
     """
+    chosen = _by_setting(protocol, min(w_bits, a_bits), synthetic)
+    if augment is None or last_block is None:
+        return ReconOptions(chosen.augment if augment is None else augment,
+                            chosen.last_block if last_block is None else last_block, chosen.why)
+    return ReconOptions(augment, last_block, "")
+
+
+def _by_setting(protocol: str, bits: int, synthetic: bool) -> ReconOptions:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if not synthetic:
         return ReconOptions(0, True, "real images: the options for generated images did not help on real ones")
-    bits = min(w_bits, a_bits)
     if protocol == "deploy":
         return ReconOptions(2, True, "deploy: 2 jittered copies lowered the drop at W3A3, W4A4 and W5A5")
     if bits >= 5:

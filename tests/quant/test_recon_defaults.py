@@ -30,3 +30,12 @@ def test_real_images_keep_the_plain_reconstruction(protocol):
     options = recon_defaults(protocol, 4, 4, synthetic=False)
     assert (options.augment, options.last_block) == (0, True)
     assert "real images" in options.why
+
+
+def test_given_options_win_over_the_setting():
+    half_given = recon_defaults("paper", 4, 4, augment=0)
+    assert (half_given.augment, half_given.last_block) == (0, False)  # last_block still by the setting
+    assert "paper, 4 bits" in half_given.why
+    assert recon_defaults("deploy", 4, 4, last_block=False).augment == 2  # the open one still by the setting
+    given = recon_defaults("paper", 4, 4, augment=1, last_block=True)
+    assert (given.augment, given.last_block, given.why) == (1, True, "")
