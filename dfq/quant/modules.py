@@ -42,11 +42,12 @@ class _QuantMixin:
             self.weight_quantizer = TensorQuantizer(
                 qspec.weight, num_channels=self.weight.shape[0], observer=qspec.weight_observer,
                 observer_kwargs=dict(qspec.weight_observer_kwargs), learnable=qspec.learnable,
+                device=self.weight.device,
             )
         if qspec.input is not None:
             self.input_quantizer = TensorQuantizer(
                 qspec.input, observer=qspec.input_observer, observer_kwargs=dict(qspec.input_observer_kwargs),
-                learnable=qspec.learnable,
+                learnable=qspec.learnable, device=self.weight.device,
             )
 
     def calibrate_weight(self) -> None:

@@ -30,6 +30,8 @@ class TensorQuantizer(nn.Module):
         observer: name of the range observer used in calibration ("minmax", "moving_average",
             "percentile", "mse"); observer_kwargs are passed to it.
         learnable: train the scale with LSQ.
+        device: where scale, zero point and range buffers live (default: the default device); quantized
+            layers pass their weight's device.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class TensorQuantizer(nn.Module):
         observer: str = "minmax",
         observer_kwargs: dict | None = None,
         learnable: bool = False,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if spec.axis is not None and not num_channels:
@@ -48,15 +51,15 @@ class TensorQuantizer(nn.Module):
         self.observer_name = observer
         self.observer: Observer = create_observer(observer, spec, **(observer_kwargs or {}))
         shape = (num_channels,) if spec.axis is not None else ()
-        self.scale = nn.Parameter(torch.ones(shape), requires_grad=learnable)
-        self.register_buffer("zero_point", torch.zeros(shape))
+        self.scale = nn.Parameter(torch.ones(shape, device=device), requires_grad=learnable)
+        self.register_buffer("zero_point", torch.zeros(shape, device=device))
         # qmin/qmax depend on the observed sign for symmetric specs, so they are state too.
         qrange = int_range(spec.bits, signed=spec.symmetric and spec.signed is not False)
-        self.register_buffer("qrange", torch.tensor(qrange, dtype=torch.long))
-        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("qrange", torch.tensor(qrange, dtype=torch.long, device=device))
+        self.register_buffer("initialized", torch.tensor(False, device=device))
         # the moving-average range of tracking mode (NaN until the first tracked batch)
-        self.register_buffer("running_min", torch.full(shape, float("nan")))
-        self.register_buffer("running_max", torch.full(shape, float("nan")))
+        self.register_buffer("running_min", torch.full(shape, float("nan"), device=device))
+        self.register_buffer("running_max", torch.full(shape, float("nan"), device=device))
         self.enabled = True
         self.calibrating = False
         self.dynamic = False
@@ -89,7 +92,7 @@ class TensorQuantizer(nn.Module):
         with torch.no_grad():
             self.scale.copy_(scale.reshape(self.scale.shape))
             self.zero_point.copy_(zp.reshape(self.zero_point.shape))
-            self.qrange.copy_(torch.tensor([qmin, qmax]))
+            self.qrange.copy_(torch.tensor([qmin, qmax], device=self.qrange.device))
             self.initialized.fill_(True)
         self._qmin, self._qmax, self._ready = qmin, qmax, True
 

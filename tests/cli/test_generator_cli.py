@@ -38,7 +38,7 @@ def test_sample_refined_differs_from_raw(generator_dir, weights_dir, tmp_path):
                            "--refine-steps", steps, "--checkpoint", ckpt, "--out", str(tmp_path / name)]) == 0
     raw, refined = (sorted((tmp_path / name).glob("*/*.png")) for name in ("raw", "refined"))
     assert [p.relative_to(tmp_path / "raw") for p in raw] == [p.relative_to(tmp_path / "refined") for p in refined]
-    pixels = [[torch.from_numpy(np.asarray(Image.open(p))) for p in files] for files in (raw, refined)]
+    pixels = [[torch.from_numpy(np.array(Image.open(p))) for p in files] for files in (raw, refined)]
     assert any(not torch.equal(a, b) for a, b in zip(*pixels))
 
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The prepared check for a lent GPU machine (the device tool), in one call:
+#   1. tests/test_cuda.py (each stage on CUDA, agreeing with the CPU);
+#   2. the README main job on the GPU (generator, then refine + calibrate + reconstruct + evaluate), timed;
+#   3. the whole test suite with CUDA present (commands that default to the GPU).
+# Nothing here is needed on the development machines or in CI.
+#
+# Usage (from the repository root): bash bench/gpu_check.sh ASSETS_TAR OUT_DIR [BUDGET_SECONDS]
+#   ASSETS_TAR: a tar of assets/weights and assets/cifar10-jpeg/test from ../shared (unpacked to ../shared,
+#   where the tests and the README commands look); made here with
+#   tar -cf .gpu/assets.tar -C ../shared assets/weights assets/cifar10-jpeg/test
+# Each stage gets at most its own cap and what is left of the budget; logs go to OUT_DIR/<stage>.log.
+set -uo pipefail
+tarball=$1
+out=$2
+budget=${3:-330}
+start=$(date +%s)
+mkdir -p ../shared "$out" && tar -xf "$tarball" -C ../shared || exit 1
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 GZNQ_OFFLINE=1
+nvidia-smi -L
+python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+
+stage() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((budget - ($(date +%s) - start)))
+    ((left < cap)) && cap=$left
+    if ((cap < 10)); then
+        echo "== $name: skipped, budget spent"
+        return
+    fi
+    local t0
+    t0=$(date +%s)
+    timeout "$cap" "$@" >"$out/$name.log" 2>&1
+    echo "== $name: rc=$? seconds=$(($(date +%s) - t0)) (cap $cap)"
+    tail -n 8 "$out/$name.log"
+}
+
+stage cuda_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+stage generator 120 python3 train.py generator --model cifar10_resnet20 --out runs/gpu_generator --no-progress
+stage quantize 200 python3 train.py quantize --model cifar10_resnet20 --source generator:runs/gpu_generator \
+    --w-bits 4 --a-bits 4 --protocol paper --method reconstruct --eval-data ../shared/assets/cifar10-jpeg/test \
+    --out runs/gpu_student
+cp runs/gpu_student/report.json "$out/quantize_report.json" 2>/dev/null
+cp runs/gpu_generator/samples.png "$out/generator_samples.png" 2>/dev/null
+# 16 cores: 7 workers of 2 threads each (all threads per worker oversubscribed the cores 8-fold)
+OMP_NUM_THREADS=2 stage suite 150 python3 -m pytest -q -p no:cacheprovider -n 7 tests --ignore=tests/test_cuda.py
