@@ -211,8 +211,9 @@ class Bench:
         real = Source("real", Path(a.train_data))
         gen = Source("generator", Path(a.generator))
         pixels = Source("pixels", Path(a.pixels))
-        ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, seed=a.seed)
-                if a.distill_steps else None)
+        # every row that distills reconstructs first: its weight grids stay (see --distill-weight-scales)
+        ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, weight_scales=False,
+                              seed=a.seed) if a.distill_steps else None)
         distill_images = a.distill_steps * DistillConfig.batch_size
         options = self.recon_options(bits, protocol, method)
         recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"

@@ -6,6 +6,11 @@ subset of the real test set every 200 steps.
 
     python bench/distill_probe.py --generator runs/generator_resnet20 --bits 4 --protocol paper \\
         --config "dict(steps=600, temperature=4.0, mix_fraction=0.5, generator_every=4, lr=5e-5)"
+
+With --images FILE (a refined calibration set cached by `dfq_bench.py --images-cache`), the start is the
+benchmark's pipeline instead: calibrated on those images and reconstructed on them with the options the
+setting chooses (`recon_defaults`); `--data images` then distills on that same set (each batch drawn at
+random, shifted and flipped; labels: the teacher's) instead of the generator's raw samples.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ASSETS, batches, preload  # noqa: E402
@@ -24,7 +31,9 @@ from dfq.distill import Distiller, DistillConfig, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, load_student, quantize_model, save_student  # noqa: E402
+from dfq.quant.recon_defaults import recon_defaults  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
+from generators.augment import random_jitter, with_jittered_copies  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
 from generators.checkpoint import load_generator  # noqa: E402
 
@@ -39,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=2000, help="class-balanced test subset")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--cache", default="runs/probe_reconstructed", help="where the reconstructed start is kept")
+    p.add_argument("--images", help="refined calibration set (a dfq_bench --images-cache file) to start from")
+    p.add_argument("--data", default="generator", choices=["generator", "images"],
+                   help="what the student is distilled on (images: the --images set, jittered)")
     return p.parse_args(argv)
 
 
@@ -49,23 +61,43 @@ def _dict_literal(text: str) -> dict:
     return {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
 
 
+def jittered_batches(images: list[torch.Tensor], teacher, batch_size: int, seed: int):
+    """Endless (images, teacher labels) batches drawn at random from `images`, each shifted and flipped."""
+    pool = torch.cat(images)
+    with torch.no_grad():
+        labels = torch.cat([teacher(x).argmax(1) for x in images])
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(len(pool), (batch_size,), generator=g)
+        yield random_jitter(pool[idx], max_shift=2, generator=g), labels[idx]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     tune_allocator()
     teacher, spec = create_teacher(args.model)
     test = preload(str(ASSETS / "cifar10-jpeg" / "test"), spec, limit=args.limit)
-    cache = Path(args.cache) / f"{Path(args.generator).name}_w{args.bits}_{args.protocol}"
+    images = torch.load(args.images)["images"] if args.images else None
+    tag = Path(args.images).stem if args.images else Path(args.generator).name
+    cache = Path(args.cache) / f"{tag}_w{args.bits}_{args.protocol}"
     if (cache / "student.json").exists():
         student, _ = load_student(cache)
     else:
         config = QuantConfig(w_bits=args.bits, a_bits=args.bits, protocol=args.protocol,
                              act_observer="mse", weight_observer="mse")
-        source = Source("generator", Path(args.generator))
-        images = [x for x, _ in open_source(source, teacher=teacher, teacher_name=args.model, spec=spec,
-                                            num_images=1024, batch_size=128)]
         student = quantize_model(teacher, config)
-        calibrate(student, images)
-        reconstruct(student, teacher, images, ReconstructConfig())
+        if images is None:
+            source = Source("generator", Path(args.generator))
+            recon_set = [x for x, _ in open_source(source, teacher=teacher, teacher_name=args.model, spec=spec,
+                                                   num_images=1024, batch_size=128)]
+            calibrate(student, recon_set)
+            recon_config = ReconstructConfig()
+        else:  # as dfq_bench --recon-from-calib with the options chosen by the setting, seed 0
+            calibrate(student, images)
+            options = recon_defaults(args.protocol, args.bits, args.bits)
+            recon_set = with_jittered_copies(images, options.augment, seed=2)
+            recon_config = ReconstructConfig(last_block=options.last_block)
+        reconstruct(student, teacher, recon_set, recon_config)
         save_student(student, cache, config=config, teacher=args.model)
 
     def report(tag) -> None:
@@ -73,8 +105,15 @@ def main(argv=None) -> None:
         print(tag, "top1", r.top1, "drop", round(r.teacher_top1 - r.top1, 2), "agreement", r.agreement, flush=True)
 
     report("start")
-    generator, _ = load_generator(args.generator, teacher=teacher)
-    distiller = Distiller(student, teacher, spec, DistillConfig(**_dict_literal(args.config)), generator=generator)
+    config = DistillConfig(**_dict_literal(args.config))
+    if args.data == "images":
+        if images is None:
+            raise SystemExit("--data images needs --images FILE")
+        distiller = Distiller(student, teacher, spec, config,
+                              batches=jittered_batches(images, teacher, config.batch_size, config.seed))
+    else:
+        generator, _ = load_generator(args.generator, teacher=teacher)
+        distiller = Distiller(student, teacher, spec, config, generator=generator)
     start = time.time()
 
     def on_log(step, parts, seconds):

@@ -112,3 +112,35 @@ def test_gdfq_recipe_sets_the_published_hyperparameters():
     assert c.mix_fraction == 0.0 and c.max_shift == 0
     assert c.dynamic_weights and c.scale_lr == 0.0
     assert c.warmup_steps == 400 and c.act_ema_steps == 400  # 4 of 400 epochs
+
+
+def _scales(student, suffix):
+    return {n: m.scale.detach().clone() for n, m in student.named_modules() if n.endswith(suffix)}
+
+
+def test_weight_scales_stay_when_asked_and_learn_otherwise():
+    for weight_scales in (False, True):
+        teacher, student, _ = _setup()
+        w0, a0 = _scales(student, "weight_quantizer"), _scales(student, "input_quantizer")
+        data = [(torch.randn(16, 3, 8, 8), torch.randint(4, (16,))) for _ in range(2)]
+        d = Distiller(student, teacher, TINY_SPEC, _config(generator_every=0, weight_scales=weight_scales),
+                      batches=data)
+        for _ in range(5):
+            d.step()
+        w1, a1 = _scales(student, "weight_quantizer"), _scales(student, "input_quantizer")
+        assert w0 and a0
+        assert all(not torch.equal(a0[n], a1[n]) for n in a0)  # activation step sizes learn either way
+        assert all(torch.equal(w0[n], w1[n]) for n in w0) is (not weight_scales)
+
+
+def test_cli_keeps_weight_scales_after_reconstruction_unless_told():
+    from dfq.cli.distill_stage import distill_config
+    from dfq.cli.train_cli import build_parser
+
+    def parse(*extra):
+        return build_parser().parse_args(["quantize", "--model", "m", "--source", "real:/x", "--out", "o", *extra])
+
+    assert distill_config(parse(), reconstructed=True).weight_scales is False
+    assert distill_config(parse(), reconstructed=False).weight_scales is True
+    assert distill_config(parse("--distill-weight-scales"), reconstructed=True).weight_scales is True
+    assert distill_config(parse("--no-distill-weight-scales"), reconstructed=False).weight_scales is False

@@ -38,16 +38,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight)
     p.add_argument("--generator-every", type=int, default=d.generator_every,
                    help="update the generator every N student steps (0: frozen generator)")
+    p.add_argument("--distill-weight-scales", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn the weight step sizes too (default: only without reconstruction, whose rounding "
+                        "of each weight holds for its grid alone; learning them after it cost up to 7 points)")
     p.add_argument("--save-every", type=int, default=200, help="distillation checkpoint interval in steps")
     p.add_argument("--resume", action="store_true", help="continue the distillation saved in --out")
 
 
-def distill_config(args: argparse.Namespace) -> DistillConfig:
+def distill_config(args: argparse.Namespace, *, reconstructed: bool = False) -> DistillConfig:
+    """The distillation asked for; `reconstructed`: the student comes from a reconstruction, so its weight
+    step sizes stay as they are unless --distill-weight-scales says otherwise."""
     if args.recipe == "gdfq":
         return gdfq_recipe(args.distill_steps, batch_size=args.distill_batch_size, seed=args.seed)
+    weight_scales = args.distill_weight_scales
+    if weight_scales is None:
+        weight_scales = not reconstructed
     return DistillConfig(steps=args.distill_steps, batch_size=args.distill_batch_size, lr=args.distill_lr,
                          temperature=args.temperature, adversarial_weight=args.adversarial_weight,
-                         generator_every=args.generator_every, mix_fraction=args.mix_fraction, seed=args.seed)
+                         generator_every=args.generator_every, mix_fraction=args.mix_fraction,
+                         weight_scales=weight_scales, seed=args.seed)
 
 
 def _data(source: Source, *, teacher, teacher_name, spec, config: DistillConfig, seed: int):
@@ -79,7 +88,7 @@ def run_distill(args: argparse.Namespace, *, student: nn.Module, teacher: nn.Mod
         state = torch.load(path, map_location="cpu", weights_only=False)
         config = DistillConfig(**{**state["config"], "generator_betas": tuple(state["config"]["generator_betas"])})
     else:
-        config = distill_config(args)
+        config = distill_config(args, reconstructed="reconstruct" in metadata["method"].split(","))
     generator, batches = _data(source, teacher=teacher, teacher_name=args.model, spec=spec, config=config,
                                seed=args.seed)
     distiller = Distiller(student, teacher, spec, config, generator=generator, batches=batches)
