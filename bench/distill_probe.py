@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", help="refined calibration set (a dfq_bench --images-cache file) to start from")
     p.add_argument("--data", default="generator", choices=["generator", "images"],
                    help="what the student is distilled on (images: the --images set, jittered)")
+    p.add_argument("--distill-images", help="with --data images: distill on this cached set instead of --images")
     return p.parse_args(argv)
 
 
@@ -109,8 +110,9 @@ def main(argv=None) -> None:
     if args.data == "images":
         if images is None:
             raise SystemExit("--data images needs --images FILE")
+        data = torch.load(args.distill_images)["images"] if args.distill_images else images
         distiller = Distiller(student, teacher, spec, config,
-                              batches=jittered_batches(images, teacher, config.batch_size, config.seed))
+                              batches=jittered_batches(data, teacher, config.batch_size, config.seed))
     else:
         generator, _ = load_generator(args.generator, teacher=teacher)
         distiller = Distiller(student, teacher, spec, config, generator=generator)
