@@ -1,0 +1,49 @@
+"""Make and cache a refined synthetic set (a probe's input, not the benchmark).
+
+Draws `num_images` from a generator with `seed`, refines them in batches as `train.py quantize` does
+(`RefineConfig` defaults), and saves {"images": [batches], "seconds": ...} in the format of the
+benchmark's --images-cache, for `bench/distill_probe.py --images/--distill-images`:
+
+    python bench/refined_set.py --num-images 8192 --seed 5 --out runs/exp8/refined_8192_seed5.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dfq.cli.common import tune_allocator  # noqa: E402
+from dfq.io import atomic_write  # noqa: E402
+from dfq.models import create_teacher  # noqa: E402
+from dfq.sources import Source, open_source  # noqa: E402
+from generators.refine import RefineConfig  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar10_resnet20")
+    p.add_argument("--generator", default="runs/generator_resnet20")
+    p.add_argument("--num-images", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    tune_allocator()
+    teacher, spec = create_teacher(args.model)
+    start = time.perf_counter()
+    images = [x for x, _ in open_source(Source("generator", Path(args.generator)), teacher=teacher,
+                                        teacher_name=args.model, spec=spec, num_images=args.num_images,
+                                        batch_size=args.batch_size, seed=args.seed, refine=RefineConfig())]
+    seconds = time.perf_counter() - start
+    atomic_write(Path(args.out), lambda tmp: torch.save({"images": images, "seconds": seconds}, tmp))
+    print(f"{args.num_images} images in {seconds:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
