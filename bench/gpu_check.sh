@@ -44,4 +44,4 @@ stage quantize 200 python3 train.py quantize --model cifar10_resnet20 --source g
 cp runs/gpu_student/report.json "$out/quantize_report.json" 2>/dev/null
 cp runs/gpu_generator/samples.png "$out/generator_samples.png" 2>/dev/null
 # 16 cores: 7 workers of 2 threads each (all threads per worker oversubscribed the cores 8-fold)
-OMP_NUM_THREADS=2 stage suite 150 python3 -m pytest -q -p no:cacheprovider -n 7 tests --ignore=tests/test_cuda.py
+OMP_NUM_THREADS=2 stage suite 150 python3 -m pytest -q -rs -p no:cacheprovider -n 7 tests --ignore=tests/test_cuda.py
