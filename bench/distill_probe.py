@@ -33,8 +33,8 @@ from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, load_student, quantize_model, save_student  # noqa: E402
 from dfq.quant.recon_defaults import recon_defaults  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
-from generators.augment import random_jitter, with_jittered_copies  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
+from generators.augment import random_jitter, with_jittered_copies  # noqa: E402
 from generators.checkpoint import load_generator  # noqa: E402
 
 

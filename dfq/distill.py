@@ -33,8 +33,8 @@ class DistillConfig:
     Student: `optimizer` ("adam" or "sgd") at `lr` on weights (weight decay `weight_decay`), LSQ step
     sizes at `scale_lr` (0 keeps the ranges as calibrated; `weight_scales=False` learns only the activation
     step sizes and keeps the weight grids, against which a reconstruction chose each weight's rounding);
-    loss = kl_weight * T^2 KL(teacher || student) at `temperature` + ce_weight * CE on the generator's labels + feature_weight * MSE of penultimate
-    features. `student_bn`: "frozen" keeps BN running statistics (the teacher's), "train" updates them on
+    loss = kl_weight * T^2 KL(teacher || student) at `temperature` + ce_weight * CE on the generator's
+    labels + feature_weight * MSE of penultimate features. `student_bn`: "frozen" keeps BN running statistics (the teacher's), "train" updates them on
     the synthetic batches (GDFQ). `dynamic_weights`: weight ranges from each forward's min-max (GDFQ)
     instead of learned. `act_ema_steps`: for this many first steps activation ranges follow an EMA of the
     batch ranges (GDFQ), then freeze.
@@ -189,12 +189,11 @@ class Distiller:
         for q in self.weight_quantizers:
             q.dynamic = c.dynamic_weights
         learn_scales = c.scale_lr > 0
-        learn_weight_scales = learn_scales and c.weight_scales and not c.dynamic_weights
         for q in self.act_quantizers:
             q.set_learnable(learn_scales)
-        if not c.dynamic_weights:
+        if not c.dynamic_weights:  # dynamic weight ranges come from each forward, not from a learned scale
             for q in self.weight_quantizers:
-                q.set_learnable(learn_weight_scales)
+                q.set_learnable(learn_scales and c.weight_scales)
         scales = [q.scale for q in self.act_quantizers + self.weight_quantizers if q.scale.requires_grad]
         scale_ids = {id(p) for p in scales}
         weights = [p for p in student.parameters() if p.requires_grad and id(p) not in scale_ids]

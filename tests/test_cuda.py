@@ -18,7 +18,7 @@ from dfq.models import create_teacher
 from dfq.quant import QuantConfig, calibrate, quantize_model
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct
 from dfq.quant.serialization import load_student
-from generators.network import ConditionalGenerator, GeneratorConfig
+from generators.network import GeneratorConfig
 from generators.stream import SyntheticStream
 from generators.trainer import GeneratorTrainConfig, train_generator
 from tests.generators.helpers import TINY_SPEC, tiny_teacher
@@ -111,7 +111,7 @@ def test_generator_training_stream_and_distillation_on_cuda(tmp_path):
     for _ in range(30):
         d.step()
     assert kl() < before
-    assert isinstance(generator, ConditionalGenerator) and next(generator.parameters()).device.type == "cuda"
+    assert next(generator.parameters()).device.type == "cuda"  # the generator steps kept it there
 
 
 def test_cli_pipeline_on_cuda_saves_a_student_that_loads_on_the_cpu(weights_dir, cifar_test_dir, tmp_path, capsys,
