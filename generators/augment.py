@@ -1,6 +1,9 @@
-"""Random crop (by shifting within a padded frame) and horizontal flip, per sample, batched, differentiable."""
+"""Augmentations of image batches, per sample, batched, differentiable: random crop (by shifting within a padded
+frame) and horizontal flip, jittered copies of a set, random resized crops."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,3 +39,27 @@ def with_jittered_copies(
         raise ValueError(f"the number of jittered copies must be >= 0, got {copies}")
     g = torch.Generator().manual_seed(seed)
     return list(batches) + [random_jitter(x, max_shift=max_shift, generator=g) for _ in range(copies) for x in batches]
+
+
+def random_resized_crop(
+    x: torch.Tensor, *, scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per image, a random crop of `scale` (share of the area) and aspect `ratio`, resized back to the
+    image's size by bilinear sampling (reflecting at the border where a wide crop leaves the frame), as a
+    classifier's training augmentation would make it. Random numbers are drawn on the CPU so that a seed
+    gives the same crops on every device."""
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(lo, hi, generator=generator)
+    aspect = torch.exp(torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # as shares of the image's width and height
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - width)  # centre, in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - height)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, cx, height, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

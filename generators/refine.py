@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfq.models.spec import InputSpec
-from generators.augment import random_jitter
+from generators.augment import random_jitter, random_resized_crop
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder
 from generators.network import normalize
 
@@ -35,7 +35,11 @@ class RefineConfig:
     of 0.999, real test images 0.937: `eval.py --generator`), so that a student reconstructed on them also
     sees the teacher's class boundaries. The label handed on stays the image's own class. Off by default:
     at ResNet-20 W4A4 `paper`, share 0.5 raised the drop in both reconstruction seeds tried
-    (`bench/recon_probe.py --refine-config "boundary_share=0.5"`; see the README)."""
+    (`bench/recon_probe.py --refine-config "boundary_share=0.5"`; see the README).
+    crop_scale: below 1, each starting image is first replaced by a random resized crop of it covering
+    between crop_scale and all of its area (`random_resized_crop`), so that refinement starts from objects
+    at other scales and positions than the generator's few modes per class, and the batch it makes is more
+    varied (1.0: the samples as drawn)."""
 
     steps: int = 50
     lr: float = 0.05
@@ -47,6 +51,7 @@ class RefineConfig:
     flip: bool = True
     boundary_share: float = 0.0
     boundary_min: float = 0.5
+    crop_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -58,6 +63,9 @@ class RefineConfig:
         if not 0 <= self.boundary_share <= 1 or not 0 <= self.boundary_min <= 1:
             raise ValueError(f"boundary_share and boundary_min must be in [0, 1], got {self.boundary_share} "
                              f"and {self.boundary_min}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
+                             f"got {self.crop_scale}")
 
 
 def boundary_targets(labels: torch.Tensor, num_classes: int, share: float, low: float,
@@ -150,6 +158,8 @@ def refine_images(
             if config.boundary_share > 0:
                 targets = boundary_targets(labels, spec.num_classes, config.boundary_share, config.boundary_min,
                                            generator)
+            if config.crop_scale < 1:
+                images = random_resized_crop(images, scale=(config.crop_scale, 1.0), generator=generator)
             refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), targets, config,
                                          generator=generator)
     finally:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dfq.sources import Source, open_source
+from generators.augment import random_resized_crop
 from generators.network import normalize
 from generators.refine import RefineConfig, RefinedBatches, boundary_targets, refine_images
 from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
@@ -92,3 +93,23 @@ def test_boundary_refinement_moves_probability_to_the_other_class():
     own_sharp, other_sharp = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0))
     own_soft, other_soft = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0, boundary_share=1.0))
     assert own_soft < own_sharp - 0.03 and other_soft > other_sharp + 0.03, (own_sharp, own_soft, other_sharp, other_soft)
+
+
+def test_a_start_crop_changes_what_refinement_starts_from_and_only_then():
+    teacher = tiny_teacher()
+    images, labels = _batch()
+    plain = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2),
+                          generator=torch.Generator().manual_seed(0))
+    default = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2, crop_scale=1.0),
+                            generator=torch.Generator().manual_seed(0))
+    cropped = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2, crop_scale=0.25),
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, default) and not torch.allclose(plain, cropped, atol=1e-3)
+    # two steps at a small rate stay near the start: the cropped start, not the sample as drawn
+    start = random_resized_crop(images, scale=(0.25, 1.0), generator=torch.Generator().manual_seed(0))
+    near = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=1, lr=1e-4, crop_scale=0.25),
+                         generator=torch.Generator().manual_seed(0))
+    assert (near - start).abs().max() < 1e-3 < (near - images).abs().max()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"crop_scale .* in \(0, 1\]"):
+            RefineConfig(crop_scale=bad)
