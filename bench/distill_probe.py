@@ -10,7 +10,8 @@ subset of the real test set every 200 steps.
 With --images FILE (a refined calibration set cached by `dfq_bench.py --images-cache`), the start is the
 benchmark's pipeline instead: calibrated on those images and reconstructed on them with the options the
 setting chooses (`recon_defaults`); `--data images` then distills on that same set (each batch drawn at
-random, shifted and flipped; labels: the teacher's) instead of the generator's raw samples.
+random, shifted and flipped; labels: the teacher's) instead of the generator's raw samples, or on
+`--distill-images`, changed further by `--variant` and `--lowpass` (bench/distill_data.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ASSETS, batches, preload  # noqa: E402
+from bench.common import ASSETS, batches, parse_kwargs, preload  # noqa: E402
+from bench.distill_data import adversarial_batches, lowpass, strong_batches  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
@@ -52,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="generator", choices=["generator", "images"],
                    help="what the student is distilled on (images: the --images set, jittered)")
     p.add_argument("--distill-images", help="with --data images: distill on this cached set instead of --images")
+    p.add_argument("--variant", default="jitter", choices=["jitter", "strong", "adversarial"],
+                   help="with --data images: how batches are changed after jitter (bench/distill_data.py)")
+    p.add_argument("--adversarial", default="steps=3, eps=0.3, share=0.5",
+                   help="with --variant adversarial: its settings")
+    p.add_argument("--lowpass", type=float, help="with --data images: low-pass the set first (sigma, share of Nyquist)")
     return p.parse_args(argv)
 
 
@@ -111,8 +118,16 @@ def main(argv=None) -> None:
         if images is None:
             raise SystemExit("--data images needs --images FILE")
         data = torch.load(args.distill_images)["images"] if args.distill_images else images
-        distiller = Distiller(student, teacher, spec, config,
-                              batches=jittered_batches(data, teacher, config.batch_size, config.seed))
+        if args.lowpass:
+            data = [lowpass(x, args.lowpass) for x in data]
+        if args.variant == "strong":
+            stream = strong_batches(data, teacher, config.batch_size, config.seed)
+        elif args.variant == "adversarial":
+            stream = adversarial_batches(data, teacher, student, config.batch_size, config.seed,
+                                         **parse_kwargs(args.adversarial))
+        else:
+            stream = jittered_batches(data, teacher, config.batch_size, config.seed)
+        distiller = Distiller(student, teacher, spec, config, batches=stream)
     else:
         generator, _ = load_generator(args.generator, teacher=teacher)
         distiller = Distiller(student, teacher, spec, config, generator=generator)

@@ -32,6 +32,8 @@ def main(argv=None) -> None:
     p.add_argument("--num-images", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop-scale", type=float, default=1.0,
+                   help="refinement starts from random resized crops of the samples (RefineConfig.crop_scale)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     tune_allocator()
@@ -39,7 +41,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     images = [x for x, _ in open_source(Source("generator", Path(args.generator)), teacher=teacher,
                                         teacher_name=args.model, spec=spec, num_images=args.num_images,
-                                        batch_size=args.batch_size, seed=args.seed, refine=RefineConfig())]
+                                        batch_size=args.batch_size, seed=args.seed,
+                                        refine=RefineConfig(crop_scale=args.crop_scale))]
     seconds = time.perf_counter() - start
     atomic_write(Path(args.out), lambda tmp: torch.save({"images": images, "seconds": seconds}, tmp))
     print(f"{args.num_images} images in {seconds:.0f} s -> {args.out}")
