@@ -117,6 +117,20 @@ def settings(only: str | None) -> list[tuple[int, str]]:
     return chosen
 
 
+# RefineConfig fields added after cached image sets were first named: at their defaults they are left out
+# of the name, so that the sets cached before them are found again
+LATER_REFINE_FIELDS = ("crop_scale",)
+
+
+def refine_key(refine: RefineConfig | None) -> str:
+    """The refinement's part of a cached set's key: its repr, less the later fields at their defaults."""
+    if refine is None:
+        return repr(None)
+    fields = [f for f in dataclasses.fields(refine)
+              if not (f.name in LATER_REFINE_FIELDS and getattr(refine, f.name) == f.default)]
+    return f"RefineConfig({', '.join(f'{f.name}={getattr(refine, f.name)!r}' for f in fields)})"
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -149,7 +163,8 @@ class Bench:
     def source_images(self, source: Source, num_images: int, seed: int,
                       refine: RefineConfig | None = None) -> list[torch.Tensor]:
         """The image batches of `source` (labels dropped), made on first use and reused afterwards."""
-        key = (self.args.model, source.kind, str(source.path), num_images, seed, self.args.batch_size, repr(refine))
+        key = (self.args.model, source.kind, str(source.path), num_images, seed, self.args.batch_size,
+               refine_key(refine))
         cache = Path(self.args.images_cache) if self.args.images_cache else None
         file = cache / (hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".pt") if cache else None
         if key not in self._made and file is not None and file.exists():
