@@ -40,6 +40,13 @@ def test_sample_refined_differs_from_raw(generator_dir, weights_dir, tmp_path):
     assert [p.relative_to(tmp_path / "raw") for p in raw] == [p.relative_to(tmp_path / "refined") for p in refined]
     pixels = [[torch.from_numpy(np.array(Image.open(p))) for p in files] for files in (raw, refined)]
     assert any(not torch.equal(a, b) for a, b in zip(*pixels))
+    # refinement from start crops: the same files, other images
+    assert train_main(["sample", "--generator", str(generator_dir), "--num-images", "4", "--batch-size", "4",
+                       "--refine-steps", "3", "--refine-crop-scale", "0.3", "--checkpoint", ckpt,
+                       "--out", str(tmp_path / "cropped")]) == 0
+    cropped = sorted((tmp_path / "cropped").glob("*/*.png"))
+    assert [p.relative_to(tmp_path / "cropped") for p in cropped] == [p.relative_to(tmp_path / "raw") for p in raw]
+    assert all(not torch.equal(torch.from_numpy(np.array(Image.open(p))), b) for p, b in zip(cropped, pixels[1]))
 
 
 def test_quantize_from_generator_and_pixels(generator_dir, weights_dir, tmp_path, capsys):
@@ -66,6 +73,7 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
     assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2 and report["num_images"] == 40
+    assert report["refine_crop_scale"] == 1.0
     saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
     assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
@@ -83,6 +91,9 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--refine-steps", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "refinement steps must be >= 0" in capsys.readouterr().err
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--source", f"generator:{generator_dir}", "--refine-crop-scale", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "crop_scale is the smallest share of an image a start crop keeps" in capsys.readouterr().err
 
 
 def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
