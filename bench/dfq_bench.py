@@ -117,17 +117,17 @@ def settings(only: str | None) -> list[tuple[int, str]]:
     return chosen
 
 
-# RefineConfig fields added after cached image sets were first named: at their defaults they are left out
-# of the name, so that the sets cached before them are found again
-LATER_REFINE_FIELDS = ("crop_scale",)
+# RefineConfig fields added after cached image sets were first named, with the value that refines as before
+# them: at that value they are left out of the name, so that the sets cached before them are found again
+LATER_REFINE_FIELDS = {"crop_scale": 1.0}
 
 
 def refine_key(refine: RefineConfig | None) -> str:
-    """The refinement's part of a cached set's key: its repr, less the later fields at their defaults."""
+    """The refinement's part of a cached set's key: its repr, less the later fields at their former values."""
     if refine is None:
         return repr(None)
     fields = [f for f in dataclasses.fields(refine)
-              if not (f.name in LATER_REFINE_FIELDS and getattr(refine, f.name) == f.default)]
+              if LATER_REFINE_FIELDS.get(f.name, object()) != getattr(refine, f.name)]
     return f"RefineConfig({', '.join(f'{f.name}={getattr(refine, f.name)!r}' for f in fields)})"
 
 

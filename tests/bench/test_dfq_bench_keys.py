@@ -7,7 +7,7 @@ OLD_DEFAULT = ("RefineConfig(steps=50, lr=0.05, bn_loss='kl', bn_weight=1.0, ce_
 
 
 def test_sets_cached_before_a_new_refine_field_keep_their_key():
-    assert refine_key(RefineConfig(steps=50)) == OLD_DEFAULT
+    assert refine_key(RefineConfig(steps=50, crop_scale=1.0)) == OLD_DEFAULT
     assert refine_key(None) == "None"
 
 
