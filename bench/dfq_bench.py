@@ -277,7 +277,11 @@ class Bench:
                                        refine)
             student = self.distilled(student, ours, generator=generator)
             if refine:
-                extra = "".join(f", {k} {v}" for k, v in refine_fields.items())
+                # fields given, and the later ones away from their former values even when left at a default,
+                # so that a row says how its images were made
+                shown = {**{k: getattr(refine, k) for k, v in LATER_REFINE_FIELDS.items() if getattr(refine, k) != v},
+                         **refine_fields}
+                extra = "".join(f", {k} {v}" for k, v in shown.items())
                 batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
                 pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"
             extra_seconds = self.gen_seconds

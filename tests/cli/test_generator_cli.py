@@ -73,7 +73,7 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
     assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2 and report["num_images"] == 40
-    assert report["refine_crop_scale"] == 1.0
+    assert report["refine_crop_scale"] == 0.25
     saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
     assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]

@@ -4,7 +4,7 @@ import torch
 from dfq.sources import Source, open_source
 from generators.augment import random_resized_crop
 from generators.network import normalize
-from generators.refine import RefineConfig, RefinedBatches, boundary_targets, refine_images
+from generators.refine import RefineConfig, RefinedBatches, boundary_targets, optimize_logits, refine_images
 from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
 
@@ -98,14 +98,19 @@ def test_boundary_refinement_moves_probability_to_the_other_class():
 def test_a_start_crop_changes_what_refinement_starts_from_and_only_then():
     teacher = tiny_teacher()
     images, labels = _batch()
-    plain = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2),
-                          generator=torch.Generator().manual_seed(0))
-    default = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2, crop_scale=1.0),
-                            generator=torch.Generator().manual_seed(0))
-    cropped = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2, crop_scale=0.25),
-                            generator=torch.Generator().manual_seed(0))
-    assert torch.equal(plain, default) and not torch.allclose(plain, cropped, atol=1e-3)
-    # two steps at a small rate stay near the start: the cropped start, not the sample as drawn
+
+    def refined(**fields):
+        return refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=2, **fields),
+                             generator=torch.Generator().manual_seed(0))
+
+    plain, cropped = refined(crop_scale=1.0), refined(crop_scale=0.25)
+    assert not torch.allclose(plain, cropped, atol=1e-3)
+    assert torch.equal(refined(), cropped)  # the default starts from crops of a quarter to all of the area
+    # crop_scale 1 starts from the samples as drawn: the same as refining without the option's random draws
+    by_hand, _ = optimize_logits(teacher, TINY_SPEC, torch.logit(images.clamp(1e-4, 1 - 1e-4)), labels,
+                                 RefineConfig(steps=2, crop_scale=1.0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain, by_hand)
+    # one step at a small rate stays near the start: the cropped start, not the sample as drawn
     start = random_resized_crop(images, scale=(0.25, 1.0), generator=torch.Generator().manual_seed(0))
     near = refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=1, lr=1e-4, crop_scale=0.25),
                          generator=torch.Generator().manual_seed(0))
