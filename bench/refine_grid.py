@@ -2,7 +2,8 @@
 same samples refined against the teacher's BN statistics (right), with the batch's BN KL and the teacher's
 top-1 on the requested labels for each.
 
-    python bench/refine_grid.py --out docs/refined_samples_resnet20.png
+    python bench/refine_grid.py --out docs/refined_crops_resnet20.png
+    python bench/refine_grid.py --crop-scale 1.0 --out docs/refined_samples_resnet20.png   # as before 2026-11-28
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="cifar10_resnet20")
     p.add_argument("--generator", default="runs/generator_resnet20")
     p.add_argument("--steps", type=int, default=RefineConfig.steps)
+    p.add_argument("--crop-scale", type=float, default=RefineConfig.crop_scale,
+                   help="refinement starts from random resized crops covering at least this share (1: as drawn)")
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -42,7 +45,7 @@ def main(argv=None) -> None:
     generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher)
     torch.manual_seed(0)  # the generator's sampling noise
     images, labels = class_samples(generator, per_class=args.per_class)
-    refined = refine_images(teacher, spec, images, labels, RefineConfig(steps=args.steps),
+    refined = refine_images(teacher, spec, images, labels, RefineConfig(steps=args.steps, crop_scale=args.crop_scale),
                             generator=torch.Generator().manual_seed(0))
     print(f"raw:     {describe(teacher, spec, images, labels)}")
     print(f"refined: {describe(teacher, spec, refined, labels)}")
