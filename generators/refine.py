@@ -40,8 +40,9 @@ class RefineConfig:
     between crop_scale and all of its area (`random_resized_crop`), so that refinement starts from objects
     at other scales and positions than the generator's few modes per class, and the batch it makes is more
     varied (1.0: the samples as drawn, as before 2026-11-28). At 0.25 it lowered the reconstructed
-    ResNet-20 drop with every benchmark seed at W4A4 and W3A3 `paper` and W4A4 `deploy`, and left W5A5
-    `paper` level (`docs/benchmarks.md`, "Crops before refinement")."""
+    ResNet-20 drop on the mean of three benchmark seeds at W4A4 and W3A3 `paper` and W4A4 `deploy` (top-1
+    up on 9 of 12 seeds, agreement on all 12) and left W5A5 `paper` level (`docs/benchmarks.md`, "Crops
+    before refinement")."""
 
     steps: int = 50
     lr: float = 0.05
