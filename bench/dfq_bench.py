@@ -122,13 +122,18 @@ def settings(only: str | None) -> list[tuple[int, str]]:
 LATER_REFINE_FIELDS = {"crop_scale": 1.0}
 
 
+def later_fields_changed(refine: RefineConfig) -> dict:
+    """The later fields of `refine` that are away from their former values: how it differs from before them."""
+    return {k: getattr(refine, k) for k, before in LATER_REFINE_FIELDS.items() if getattr(refine, k) != before}
+
+
 def refine_key(refine: RefineConfig | None) -> str:
     """The refinement's part of a cached set's key: its repr, less the later fields at their former values."""
     if refine is None:
         return repr(None)
-    fields = [f for f in dataclasses.fields(refine)
-              if LATER_REFINE_FIELDS.get(f.name, object()) != getattr(refine, f.name)]
-    return f"RefineConfig({', '.join(f'{f.name}={getattr(refine, f.name)!r}' for f in fields)})"
+    changed = later_fields_changed(refine)
+    fields = [f.name for f in dataclasses.fields(refine) if f.name not in LATER_REFINE_FIELDS or f.name in changed]
+    return f"RefineConfig({', '.join(f'{name}={getattr(refine, name)!r}' for name in fields)})"
 
 
 class Bench:
@@ -279,8 +284,7 @@ class Bench:
             if refine:
                 # fields given, and the later ones away from their former values even when left at a default,
                 # so that a row says how its images were made
-                shown = {**{k: getattr(refine, k) for k, v in LATER_REFINE_FIELDS.items() if getattr(refine, k) != v},
-                         **refine_fields}
+                shown = {**later_fields_changed(refine), **refine_fields}
                 extra = "".join(f", {k} {v}" for k, v in shown.items())
                 batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
                 pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"

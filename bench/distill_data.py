@@ -1,7 +1,7 @@
 """Distillation data variants for `bench/distill_probe.py --variant` (probes, not the library).
 
-Each is an endless iterator of (normalized images, labels) drawn at random from a cached set of batches,
-shifted and flipped as `jittered_batches` does, then changed further:
+Each is an endless iterator of (normalized images, labels) drawn at random from a cached set of batches and
+shifted and flipped (`jittered_batches`, the plain variant), then changed further:
 
 - `strong`: a random resized crop (35% to all of the area) and a cutout square of 11 by 11 pixels per
   image (`cutout(x, 12)`: pixels less than 6 from a random centre).
@@ -25,9 +25,23 @@ from dfq.distill import frozen_parameters, kd_loss, student_training_mode
 from generators.augment import random_jitter, random_resized_crop
 
 
-def _teacher_labels(pool: torch.Tensor, teacher: nn.Module) -> torch.Tensor:
+def _jittered_draws(images: list[torch.Tensor], teacher: nn.Module, batch_size: int, seed: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:
+    """Endless (images, teacher labels, the random generator) draws of `batch_size` from `images`, each image
+    shifted and flipped; the variants draw their further randomness from the generator handed out."""
+    pool = torch.cat(images)
     with torch.no_grad():
-        return torch.cat([teacher(x).argmax(1) for x in pool.split(512)])
+        labels = torch.cat([teacher(x).argmax(1) for x in pool.split(512)])
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(len(pool), (batch_size,), generator=g)
+        yield random_jitter(pool[idx], max_shift=2, generator=g), labels[idx], g
+
+
+def jittered_batches(images: list[torch.Tensor], teacher: nn.Module, batch_size: int, seed: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y, _ in _jittered_draws(images, teacher, batch_size, seed):
+        yield x, y
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,25 +56,15 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 
 def strong_batches(images: list[torch.Tensor], teacher: nn.Module, batch_size: int, seed: int
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    pool = torch.cat(images)
-    labels = _teacher_labels(pool, teacher)
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        idx = torch.randint(len(pool), (batch_size,), generator=g)
-        x = random_resized_crop(random_jitter(pool[idx], max_shift=2, generator=g), scale=(0.35, 1.0), generator=g)
-        yield cutout(x, 12, g), labels[idx]
+    for x, y, g in _jittered_draws(images, teacher, batch_size, seed):
+        yield cutout(random_resized_crop(x, scale=(0.35, 1.0), generator=g), 12, g), y
 
 
 def adversarial_batches(images: list[torch.Tensor], teacher: nn.Module, student: nn.Module, batch_size: int,
                         seed: int, *, steps: int = 3, eps: float = 0.3, share: float = 0.5
                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    pool = torch.cat(images)
-    labels = _teacher_labels(pool, teacher)
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        idx = torch.randint(len(pool), (batch_size,), generator=g)
-        x = random_jitter(pool[idx], max_shift=2, generator=g)
-        n = int(share * batch_size)
+    n = int(share * batch_size)
+    for x, y, _ in _jittered_draws(images, teacher, batch_size, seed):
         moved = x[:n].clone()
         with student_training_mode(student, freeze_bn=True), frozen_parameters(student):
             for _ in range(steps):
@@ -68,7 +72,7 @@ def adversarial_batches(images: list[torch.Tensor], teacher: nn.Module, student:
                 disagreement = kd_loss(student(moved), teacher(moved), 1.0)
                 (grad,) = torch.autograd.grad(disagreement, moved)
                 moved = (moved + eps / steps * grad.sign()).detach()
-        yield torch.cat([moved, x[n:]]), labels[idx]
+        yield torch.cat([moved, x[n:]]), y
 
 
 def lowpass(x: torch.Tensor, cutoff: float) -> torch.Tensor:

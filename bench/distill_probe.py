@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ASSETS, batches, parse_kwargs, preload  # noqa: E402
-from bench.distill_data import adversarial_batches, lowpass, strong_batches  # noqa: E402
+from bench.distill_data import adversarial_batches, jittered_batches, lowpass, strong_batches  # noqa: E402
 from dfq.cli.common import tune_allocator  # noqa: E402
 from dfq.distill import Distiller, DistillConfig, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
@@ -36,7 +36,7 @@ from dfq.quant import QuantConfig, calibrate, load_student, quantize_model, save
 from dfq.quant.recon_defaults import recon_defaults  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct  # noqa: E402
 from dfq.sources import Source, open_source  # noqa: E402
-from generators.augment import random_jitter, with_jittered_copies  # noqa: E402
+from generators.augment import with_jittered_copies  # noqa: E402
 from generators.checkpoint import load_generator  # noqa: E402
 
 
@@ -67,17 +67,6 @@ def _dict_literal(text: str) -> dict:
     if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "dict" and not tree.args):
         raise ValueError(f"--config must look like dict(steps=600, temperature=4.0), got {text!r}")
     return {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
-
-
-def jittered_batches(images: list[torch.Tensor], teacher, batch_size: int, seed: int):
-    """Endless (images, teacher labels) batches drawn at random from `images`, each shifted and flipped."""
-    pool = torch.cat(images)
-    with torch.no_grad():
-        labels = torch.cat([teacher(x).argmax(1) for x in images])
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        idx = torch.randint(len(pool), (batch_size,), generator=g)
-        yield random_jitter(pool[idx], max_shift=2, generator=g), labels[idx]
 
 
 def main(argv=None) -> None:

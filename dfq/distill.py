@@ -34,8 +34,8 @@ class DistillConfig:
     sizes at `scale_lr` (0 keeps the ranges as calibrated; `weight_scales=False` learns only the activation
     step sizes and keeps the weight grids, against which a reconstruction chose each weight's rounding);
     loss = kl_weight * T^2 KL(teacher || student) at `temperature` + ce_weight * CE on the generator's
-    labels + feature_weight * MSE of penultimate features. `student_bn`: "frozen" keeps BN running statistics (the teacher's), "train" updates them on
-    the synthetic batches (GDFQ). `dynamic_weights`: weight ranges from each forward's min-max (GDFQ)
+    labels + feature_weight * MSE of penultimate features. `student_bn`: "frozen" keeps BN running
+    statistics (the teacher's), "train" updates them on the synthetic batches (GDFQ). `dynamic_weights`: weight ranges from each forward's min-max (GDFQ)
     instead of learned. `act_ema_steps`: for this many first steps activation ranges follow an EMA of the
     batch ranges (GDFQ), then freeze.
 

@@ -1,4 +1,4 @@
-from bench.dfq_bench import refine_key
+from bench.dfq_bench import later_fields_changed, refine_key
 from generators.refine import RefineConfig
 
 # the repr that named cached image sets before RefineConfig had crop_scale
@@ -14,3 +14,8 @@ def test_sets_cached_before_a_new_refine_field_keep_their_key():
 def test_a_new_field_away_from_its_default_changes_the_key():
     key = refine_key(RefineConfig(steps=50, crop_scale=0.25))
     assert key == OLD_DEFAULT[:-1] + ", crop_scale=0.25)"
+
+
+def test_a_row_names_the_later_fields_away_from_their_former_values():
+    assert later_fields_changed(RefineConfig(crop_scale=1.0)) == {}
+    assert later_fields_changed(RefineConfig(crop_scale=0.1)) == {"crop_scale": 0.1}
