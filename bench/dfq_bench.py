@@ -122,16 +122,22 @@ def settings(only: str | None) -> list[tuple[int, str]]:
 LATER_REFINE_FIELDS = {"crop_scale": 1.0}
 
 
-def later_fields_changed(refine: RefineConfig) -> dict:
-    """The later fields of `refine` that are away from their former values: how it differs from before them."""
-    return {k: getattr(refine, k) for k, before in LATER_REFINE_FIELDS.items() if getattr(refine, k) != before}
+# RefineConfig fields whose default has changed since the first rows, with their first value: a row names
+# them when away from it, so that rows from before and after a change of default stay apart
+FORMER_REFINE_DEFAULTS = {**LATER_REFINE_FIELDS, "ce_weight": 1.0}
+
+
+def away_from_first_defaults(refine: RefineConfig) -> dict:
+    """The fields of `refine` away from their first defaults (FORMER_REFINE_DEFAULTS): how it differs from the
+    refinement of the first rows."""
+    return {k: getattr(refine, k) for k, before in FORMER_REFINE_DEFAULTS.items() if getattr(refine, k) != before}
 
 
 def refine_key(refine: RefineConfig | None) -> str:
     """The refinement's part of a cached set's key: its repr, less the later fields at their former values."""
     if refine is None:
         return repr(None)
-    changed = later_fields_changed(refine)
+    changed = {k for k, before in LATER_REFINE_FIELDS.items() if getattr(refine, k) != before}
     fields = [f.name for f in dataclasses.fields(refine) if f.name not in LATER_REFINE_FIELDS or f.name in changed]
     return f"RefineConfig({', '.join(f'{name}={getattr(refine, name)!r}' for name in fields)})"
 
@@ -282,9 +288,9 @@ class Bench:
                                        refine)
             student = self.distilled(student, ours, generator=generator)
             if refine:
-                # fields given, and the later ones away from their former values even when left at a default,
+                # fields given, and those away from their first defaults even when left at a default,
                 # so that a row says how its images were made
-                shown = {**later_fields_changed(refine), **refine_fields}
+                shown = {**away_from_first_defaults(refine), **refine_fields}
                 extra = "".join(f", {k} {v}" for k, v in shown.items())
                 batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
                 pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"

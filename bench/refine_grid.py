@@ -28,7 +28,8 @@ from generators.refine import RefineConfig, refine_images  # noqa: E402
 
 def describe(teacher, spec, images: torch.Tensor, labels: torch.Tensor) -> str:
     report = measure_quality(teacher, [(normalize(images, spec.mean, spec.std), labels)])
-    return f"BN KL {report.bn_kl:.4f}, teacher top-1 {report.teacher_top1:.1f}"
+    return (f"BN KL {report.bn_kl:.4f}, teacher top-1 {report.teacher_top1:.1f}, "
+            f"teacher confidence {report.confidence:.3f}")
 
 
 def main(argv=None) -> None:
@@ -38,6 +39,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=RefineConfig.steps)
     p.add_argument("--crop-scale", type=float, default=RefineConfig.crop_scale,
                    help="refinement starts from random resized crops covering at least this share (1: as drawn)")
+    p.add_argument("--ce-weight", type=float, default=RefineConfig.ce_weight,
+                   help="weight of the teacher's cross-entropy in refinement")
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -45,8 +48,8 @@ def main(argv=None) -> None:
     generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher)
     torch.manual_seed(0)  # the generator's sampling noise
     images, labels = class_samples(generator, per_class=args.per_class)
-    refined = refine_images(teacher, spec, images, labels, RefineConfig(steps=args.steps, crop_scale=args.crop_scale),
-                            generator=torch.Generator().manual_seed(0))
+    config = RefineConfig(steps=args.steps, crop_scale=args.crop_scale, ce_weight=args.ce_weight)
+    refined = refine_images(teacher, spec, images, labels, config, generator=torch.Generator().manual_seed(0))
     print(f"raw:     {describe(teacher, spec, images, labels)}")
     print(f"refined: {describe(teacher, spec, refined, labels)}")
     grids = [make_grid(x, nrow=args.per_class, padding=1, pad_value=1.0) for x in (images, refined)]

@@ -6,7 +6,7 @@ benchmark's --images-cache, for `bench/distill_probe.py --images/--distill-image
 
     python bench/refined_set.py --num-images 8192 --seed 5 --out runs/exp8/refined_8192_seed5.pt
 
-`--crop-scale` starts refinement from random resized crops; `--real DIR` saves a class-balanced draw of
+`--crop-scale` starts refinement from random resized crops, `--ce-weight` weighs its class loss; `--real DIR` saves a class-balanced draw of
 real images in the same format instead (a control for the probes).
 """
 
@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-scale", type=float, default=1.0,
                    help="refinement starts from random resized crops of the samples (RefineConfig.crop_scale)")
+    p.add_argument("--ce-weight", type=float, default=RefineConfig.ce_weight,
+                   help="weight of the teacher's cross-entropy in refinement (RefineConfig.ce_weight)")
     p.add_argument("--real", help="instead: a class-balanced draw of real images from this folder, shuffled")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -52,7 +54,8 @@ def main(argv=None) -> None:
         images = [x for x, _ in open_source(Source("generator", Path(args.generator)), teacher=teacher,
                                             teacher_name=args.model, spec=spec, num_images=args.num_images,
                                             batch_size=args.batch_size, seed=args.seed,
-                                            refine=RefineConfig(crop_scale=args.crop_scale))]
+                                            refine=RefineConfig(crop_scale=args.crop_scale,
+                                                                ce_weight=args.ce_weight))]
     seconds = time.perf_counter() - start
     atomic_write(Path(args.out), lambda tmp: torch.save({"images": images, "seconds": seconds}, tmp))
     print(f"{args.num_images} images in {seconds:.0f} s -> {args.out}")

@@ -27,13 +27,21 @@ from generators.network import normalize
 class RefineConfig:
     """steps: Adam steps per batch (0: no refinement). lr: Adam rate on the pixel logits, cosine-annealed to 0.
     bn_loss: "kl" (GZNQ) or "l2" (GDFQ), measured on the whole batch, with weight bn_weight. ce_weight: weight
-    of the teacher's cross-entropy on the batch's labels. tv_weight: total-variation prior. max_shift, flip: random jitter
+    of the teacher's cross-entropy on the batch's labels; 0 (the default since 2026-11-28) refines toward the
+    BN statistics alone. The generator's samples already show their class; the class loss drove every refined
+    image, crops included, to a teacher confidence (mean top probability) of 1.000, where real training
+    images get 0.941. Without it, crops refined from ResNet-20's generator get 0.894 (30% of them below 0.9,
+    against 17% of real ones), and the mean norm of the teacher's last-stage features, 8.87 with the class
+    loss, falls to 7.50 (real: 7.47; `bench/refine_confidence.py`). Students reconstructed on them lost less at W4A4 `paper` on all three benchmark seeds (0.86, 0.55,
+    0.15 against 1.33, 0.98, 0.77) and at W5A5 `paper` on two of three (`docs/benchmarks.md`, "Refinement
+    without the class loss"). tv_weight: total-variation prior. max_shift, flip: random jitter
     before the teacher at every step (as in generator training), so the pixels do not overfit one view.
     boundary_share: share of each batch refined toward a soft two-class target, lam * its label + (1 - lam) *
     another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone: images the teacher
     is unsure about, as many real ones are (ResNet-20 gives its generator's samples a mean top probability
     of 0.999, real test images 0.937: `eval.py --generator`), so that a student reconstructed on them also
-    sees the teacher's class boundaries. The label handed on stays the image's own class. Off by default:
+    sees the teacher's class boundaries (through the class loss: it needs ce_weight > 0). The label handed on
+    stays the image's own class. Off by default:
     at ResNet-20 W4A4 `paper`, share 0.5 raised the drop in both reconstruction seeds tried
     (`bench/recon_probe.py --refine-config "boundary_share=0.5"`; see the README).
     crop_scale: below 1, each starting image is first replaced by a random resized crop of it covering
@@ -48,7 +56,7 @@ class RefineConfig:
     lr: float = 0.05
     bn_loss: str = "kl"
     bn_weight: float = 1.0
-    ce_weight: float = 1.0
+    ce_weight: float = 0.0
     tv_weight: float = 0.0
     max_shift: int = 2
     flip: bool = True
@@ -63,9 +71,15 @@ class RefineConfig:
             raise ValueError(f"refinement steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"refinement lr must be positive, got {self.lr}")
+        if min(self.bn_weight, self.ce_weight, self.tv_weight) < 0:
+            raise ValueError(f"refinement loss weights must be >= 0, got bn_weight={self.bn_weight}, "
+                             f"ce_weight={self.ce_weight}, tv_weight={self.tv_weight}")
         if not 0 <= self.boundary_share <= 1 or not 0 <= self.boundary_min <= 1:
             raise ValueError(f"boundary_share and boundary_min must be in [0, 1], got {self.boundary_share} "
                              f"and {self.boundary_min}")
+        if self.boundary_share > 0 and self.ce_weight == 0:
+            raise ValueError("boundary_share acts through the class loss, which ce_weight=0 turns off; give "
+                             "ce_weight > 0 (e.g. 1.0) with it")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")

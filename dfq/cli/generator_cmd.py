@@ -58,6 +58,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
                    help="with --refine-steps: start from random resized crops covering at least this share of each "
                         "sample, as `quantize --refine-crop-scale` does")
+    p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
+                   help="with --refine-steps: weight of the teacher's cross-entropy, as `quantize --refine-ce-weight`")
     p.add_argument("--checkpoint", help="local weights file for the teacher (only with --refine-steps)")
     p.add_argument("--device", default=default_device())
     p.set_defaults(func=run_sample)
@@ -98,7 +100,7 @@ def run_sample(args: argparse.Namespace) -> None:
     stream = SyntheticStream(generator, meta["input_spec"]["mean"], meta["input_spec"]["std"], batch_size=batch,
                              classes=classes, seed=args.seed, num_batches=-(-args.num_images // batch),
                              normalized=False)
-    refine = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale)
+    refine = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale, ce_weight=args.refine_ce_weight)
     if refine.steps:
         teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint)
         teacher.to(args.device)

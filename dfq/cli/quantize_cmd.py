@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
                    help="start refinement from random resized crops of the samples covering at least this share "
                         "of each (1: the samples as drawn)")
+    p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
+                   help="weight of the teacher's cross-entropy on each sample's class during refinement (0: the "
+                        "BN statistics alone, which leaves the teacher as unsure of some images as of real ones)")
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="mse", choices=list(OBSERVERS),
                    help="range of each weight channel (default mse: the clipping that minimizes the error)")
@@ -99,7 +102,8 @@ def add_parser(sub) -> None:
 
 def refine_config(args, source) -> RefineConfig | None:
     """The refinement of generated batches asked for on the command line (None: none or not a generator)."""
-    config = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale)  # validated for every source
+    config = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale,  # validated for every source
+                          ce_weight=args.refine_ce_weight)
     return config if source.kind == "generator" and config.steps > 0 else None
 
 
@@ -178,7 +182,8 @@ def run(args: argparse.Namespace) -> dict:
         "teacher_checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }
     if refine is not None:
-        metadata.update(refine_steps=refine.steps, refine_crop_scale=refine.crop_scale)
+        metadata.update(refine_steps=refine.steps, refine_crop_scale=refine.crop_scale,
+                        refine_ce_weight=refine.ce_weight)
     if "reconstruct" in methods:
         metadata.update(recon_images=args.recon_images, recon_iters=args.recon_iters, recon_drop=args.recon_drop,
                         recon_last_block=args.recon_last_block, recon_from_calib=args.recon_from_calib,

@@ -7,6 +7,7 @@ from PIL import Image
 
 from dfq.cli.eval_cli import main as eval_main
 from dfq.cli.train_cli import main as train_main
+from generators.refine import RefineConfig
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
     assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2 and report["num_images"] == 40
-    assert report["refine_crop_scale"] == 0.25
+    assert report["refine_crop_scale"] == 0.25 and report["refine_ce_weight"] == RefineConfig.ce_weight
     saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
     assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]
@@ -94,6 +95,9 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--refine-crop-scale", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "crop_scale is the smallest share of an image a start crop keeps" in capsys.readouterr().err
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--source", f"generator:{generator_dir}", "--refine-ce-weight", "-0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "refinement loss weights must be >= 0" in capsys.readouterr().err
 
 
 def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):

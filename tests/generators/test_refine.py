@@ -40,6 +40,10 @@ def test_zero_steps_is_the_identity_and_bad_inputs_are_refused():
         RefineConfig(steps=-1)
     with pytest.raises(ValueError, match="unknown BN loss 'l1'"):
         RefineConfig(bn_loss="l1")
+    with pytest.raises(ValueError, match="loss weights must be >= 0, got bn_weight=1.0, ce_weight=-1"):
+        RefineConfig(ce_weight=-1)
+    with pytest.raises(ValueError, match="boundary_share acts through the class loss"):
+        RefineConfig(boundary_share=0.5, ce_weight=0.0)
 
 
 def test_refined_batches_are_normalized_and_repeat_exactly():
@@ -90,8 +94,9 @@ def test_boundary_refinement_moves_probability_to_the_other_class():
             p = teacher(normalize(refined, TINY_SPEC.mean, TINY_SPEC.std)).softmax(1)
         return p.gather(1, labels[:, None]).mean(), p.gather(1, other[:, None]).mean()
 
-    own_sharp, other_sharp = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0))
-    own_soft, other_soft = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0, boundary_share=1.0))
+    own_sharp, other_sharp = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0, ce_weight=1.0))
+    own_soft, other_soft = probabilities(RefineConfig(steps=60, lr=0.2, bn_weight=0.0, ce_weight=1.0,
+                                                          boundary_share=1.0))
     assert own_soft < own_sharp - 0.03 and other_soft > other_sharp + 0.03, (own_sharp, own_soft, other_sharp, other_soft)
 
 
