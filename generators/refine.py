@@ -1,6 +1,6 @@
 """Pixel refinement of synthetic batches: a few steps of optimizing a batch's pixels against the teacher's
-BatchNorm statistics and cross-entropy, starting from the generator's samples (or, for the pixel baseline,
-from noise).
+BatchNorm statistics (and, when weighted, its cross-entropy), starting from crops of the generator's samples
+(or, for the pixel baseline, from noise).
 
 A generator trained on the BN losses matches the statistics on average over many batches; refinement makes
 each batch that a student will be calibrated and reconstructed on match them itself, as the pixel baseline
@@ -111,8 +111,8 @@ def optimize_logits(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Optimize pixel logits (images are sigmoid(logits)) of one batch for `config.steps` Adam steps against
-    the BN loss of the whole batch plus the teacher's cross-entropy on `labels` (class indices, or class
-    probabilities of shape (B, classes)). The teacher must be in
+    the BN loss of the whole batch plus, with `config.ce_weight`, the teacher's cross-entropy on `labels`
+    (class indices, or class probabilities of shape (B, classes)). The teacher must be in
     eval mode with frozen parameters.
 
     Returns:

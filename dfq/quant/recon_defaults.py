@@ -12,8 +12,11 @@ benchmark seeds 0/1/2; README "Over seeds"):
 Both answer weaknesses of generated images (too few distinct views; a last stage fitted to images the
 student already gets right), so they apply to synthetic sources only: on real training images the same
 pipeline lost 0.33 at W4A4 `paper` without them and 0.58 with them (one seed each). These choices were
-measured on one teacher and selected on the same test images they are reported on; they are the best
-measured starting point, not a law. Explicit options always win over them.
+measured on one teacher and selected on the same test images they are reported on, with images refined
+with the teacher's class loss (the default until 2026-11-28); on images refined without it, the classifier
+as calibrated still beat reconstructing it at W4A4 `paper` on both seeds checked (0.86 and 0.55 against 1.46
+and 0.84; `docs/benchmarks.md`, "Refinement without the class loss"). They are the best measured starting
+point, not a law. Explicit options always win over them.
 """
 
 from __future__ import annotations
