@@ -137,8 +137,8 @@ def refine_key(refine: RefineConfig | None) -> str:
     """The refinement's part of a cached set's key: its repr, less the later fields at their former values."""
     if refine is None:
         return repr(None)
-    changed = {k for k, before in LATER_REFINE_FIELDS.items() if getattr(refine, k) != before}
-    fields = [f.name for f in dataclasses.fields(refine) if f.name not in LATER_REFINE_FIELDS or f.name in changed]
+    fields = [f.name for f in dataclasses.fields(refine)
+              if f.name not in LATER_REFINE_FIELDS or getattr(refine, f.name) != LATER_REFINE_FIELDS[f.name]]
     return f"RefineConfig({', '.join(f'{name}={getattr(refine, name)!r}' for name in fields)})"
 
 

@@ -1,13 +1,14 @@
 """Make and cache a refined synthetic set (a probe's input, not the benchmark).
 
 Draws `num_images` from a generator with `seed`, refines them in batches as `train.py quantize` does
-(`RefineConfig` defaults), and saves {"images": [batches], "seconds": ...} in the format of the
+(`RefineConfig` defaults, except that crops are off unless `--crop-scale` asks for them: the script's
+first sets were made before crops), and saves {"images": [batches], "seconds": ...} in the format of the
 benchmark's --images-cache, for `bench/distill_probe.py --images/--distill-images`:
 
     python bench/refined_set.py --num-images 8192 --seed 5 --out runs/exp8/refined_8192_seed5.pt
 
-`--crop-scale` starts refinement from random resized crops, `--ce-weight` weighs its class loss; `--real DIR` saves a class-balanced draw of
-real images in the same format instead (a control for the probes).
+`--crop-scale` starts refinement from random resized crops, `--ce-weight` weighs its class loss; `--real DIR`
+saves a class-balanced draw of real images in the same format instead (a control for the probes).
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ import torch
 from torchvision.utils import save_image
 
 from dfq.cli.common import default_device
+from dfq.cli.refine_args import add_refine_arguments, refine_from_args
 from dfq.models import create_teacher
 from generators.bn_stats import BN_LOSSES
 from generators.checkpoint import check_teacher, load_generator
 from generators.network import GeneratorConfig
 from generators.pixel_opt import PixelOptConfig, optimize_pixels, save_pixels
-from generators.refine import RefineConfig, RefinedBatches
+from generators.refine import RefinedBatches
 from generators.stream import SyntheticStream
 from generators.trainer import GeneratorTrainConfig, train_generator
 
@@ -51,15 +52,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--classes", help="comma-separated class indices (default: all, balanced)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--refine-steps", type=int, default=0,
-                   help="refine each batch this many steps against the teacher's BN statistics, as `quantize` does "
-                        "(needs the teacher: its name comes from the generator, its weights from --checkpoint or "
-                        "the usual places)")
-    p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
-                   help="with --refine-steps: start from random resized crops covering at least this share of each "
-                        "sample, as `quantize --refine-crop-scale` does")
-    p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
-                   help="with --refine-steps: weight of the teacher's cross-entropy, as `quantize --refine-ce-weight`")
+    add_refine_arguments(p, steps_default=0,
+                         steps_help="refine each batch this many steps against the teacher's BN statistics, as "
+                                    "`quantize` does (needs the teacher: its name comes from the generator, its "
+                                    "weights from --checkpoint or the usual places)")
     p.add_argument("--checkpoint", help="local weights file for the teacher (only with --refine-steps)")
     p.add_argument("--device", default=default_device())
     p.set_defaults(func=run_sample)
@@ -100,7 +96,7 @@ def run_sample(args: argparse.Namespace) -> None:
     stream = SyntheticStream(generator, meta["input_spec"]["mean"], meta["input_spec"]["std"], batch_size=batch,
                              classes=classes, seed=args.seed, num_batches=-(-args.num_images // batch),
                              normalized=False)
-    refine = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale, ce_weight=args.refine_ce_weight)
+    refine = refine_from_args(args)
     if refine.steps:
         teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint)
         teacher.to(args.device)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from dfq.cli import distill_stage
 from dfq.cli.common import default_device, default_workers, format_table, write_json_atomic
+from dfq.cli.refine_args import add_refine_arguments, refine_from_args
 from dfq.data import build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
@@ -74,15 +75,9 @@ def add_parser(sub) -> None:
                    help="add K randomly shifted (up to 4 pixels) and flipped copies of the reconstruction set to it "
                         "(default auto: on generated images 2 under deploy and for paper students under 5 bits, "
                         "else 0; see the README)")
-    p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
-                   help="generator sources: refine each calibration and reconstruction batch for this many steps "
-                        "against the teacher's BN statistics (0: raw samples)")
-    p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
-                   help="start refinement from random resized crops of the samples covering at least this share "
-                        "of each (1: the samples as drawn)")
-    p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
-                   help="weight of the teacher's cross-entropy on each sample's class during refinement (0: the "
-                        "BN statistics alone, which leaves the teacher as unsure of some images as of real ones)")
+    add_refine_arguments(p, steps_default=RefineConfig.steps,
+                         steps_help="generator sources: refine each calibration and reconstruction batch for this "
+                                    "many steps against the teacher's BN statistics (0: raw samples)")
     distill_stage.add_arguments(p)
     p.add_argument("--weight-observer", default="mse", choices=list(OBSERVERS),
                    help="range of each weight channel (default mse: the clipping that minimizes the error)")
@@ -102,8 +97,7 @@ def add_parser(sub) -> None:
 
 def refine_config(args, source) -> RefineConfig | None:
     """The refinement of generated batches asked for on the command line (None: none or not a generator)."""
-    config = RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale,  # validated for every source
-                          ce_weight=args.refine_ce_weight)
+    config = refine_from_args(args)  # validated for every source
     return config if source.kind == "generator" and config.steps > 0 else None
 
 

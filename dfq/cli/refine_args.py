@@ -1,0 +1,23 @@
+"""The refinement options shared by `train.py quantize` and `train.py sample`: one definition, one reading."""
+
+from __future__ import annotations
+
+import argparse
+
+from generators.refine import RefineConfig
+
+
+def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int, steps_help: str) -> None:
+    """--refine-steps (with the command's own default and help), --refine-crop-scale and --refine-ce-weight."""
+    p.add_argument("--refine-steps", type=int, default=steps_default, help=steps_help)
+    p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
+                   help="start refinement from random resized crops of the samples covering at least this share "
+                        "of each (1: the samples as drawn)")
+    p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
+                   help="weight of the teacher's cross-entropy on each sample's class during refinement (0: the "
+                        "BN statistics alone, which leaves the teacher as unsure of some images as of real ones)")
+
+
+def refine_from_args(args: argparse.Namespace) -> RefineConfig:
+    """The RefineConfig the options ask for (validated, whether or not it is used)."""
+    return RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale, ce_weight=args.refine_ce_weight)
