@@ -172,8 +172,11 @@ def train_generator(
     else:
         if (out / META_FILE).exists():
             raise FileExistsError(f"{out} already holds a generator; pass --resume to continue it or pick another --out")
-        generator = ConditionalGenerator(gen_config or GeneratorConfig(num_classes=spec.num_classes,
-                                                                       image_size=spec.image_size)).to(device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, built on the CPU alike
+            torch.manual_seed(config.seed)
+            generator = ConditionalGenerator(gen_config or GeneratorConfig(num_classes=spec.num_classes,
+                                                                           image_size=spec.image_size))
+        generator.to(device)
         state = None
     objective = GeneratorObjective(teacher, spec, config)
     generator.train()

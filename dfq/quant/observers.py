@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dfq.quant.primitives import dequantize, qparams_from_range, quantize, reduce_range
@@ -92,17 +93,37 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             self.max_val = self.max_val + self.momentum * (hi - self.max_val)
 
 
-class _SampleObserver(Observer):
-    """Keeps a bounded, deterministic subsample of the collected values (per channel when axis is set)."""
+def _on(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(idx).to(x.device)
 
-    def __init__(self, spec: QuantSpec, max_samples: int = 1 << 20) -> None:
+
+class _SampleObserver(Observer):
+    """Keeps a bounded uniform random sample of everything collected (per channel when axis is set).
+
+    Every collected value has the same chance to be in the sample, whichever batch it came in and wherever
+    it sits in its tensor: after each batch the sample is a fresh draw of `max_samples` values (or all of
+    them, while fewer were seen) from the old sample and the new batch, in proportion to how many values
+    each stands for (a hypergeometric split, so that the result is uniform over all values seen). Values
+    are drawn from a new batch with replacement (cheap on tensors of millions of values, and still a
+    uniform draw) and from the kept sample without. Seeded, so a calibration repeats exactly.
+
+    A regular stride would be cheaper but is not random: on a (256, C, 32, 32) activation a stride of
+    256 * C * 32 / budget lands on the same image column every time, and zero padding makes that column
+    unlike the rest.
+    """
+
+    def __init__(self, spec: QuantSpec, max_samples: int = 1 << 20, seed: int = 0) -> None:
         super().__init__(spec)
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
         self.max_samples = max_samples
+        self.seed = seed
         self.reset()
 
     def reset(self) -> None:
-        self._chunks: list[torch.Tensor] = []
-        self._count = 0
+        self._sample: torch.Tensor | None = None  # (C, K)
+        self._seen = 0  # values per row collected so far
+        self._rng = np.random.default_rng(self.seed)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.axis is None:
@@ -110,21 +131,27 @@ class _SampleObserver(Observer):
         return x.transpose(0, self.spec.axis).reshape(x.shape[self.spec.axis], -1)
 
     def collect(self, x: torch.Tensor) -> None:
-        rows = self._rows(x.detach().float())  # (C, N)
-        budget = max(self.max_samples // 8, 1)  # at most 1/8 of the budget from any one batch
-        stride = max(rows.shape[1] // budget, 1)
-        rows = rows[:, ::stride]
-        self._chunks.append(rows)
-        self._count += rows.shape[1]
-        while self._count > self.max_samples and len(self._chunks) > 1:
-            # Thin the oldest samples by half so that every batch stays represented.
-            self._chunks = [c[:, ::2] for c in self._chunks]
-            self._count = sum(c.shape[1] for c in self._chunks)
+        rows = self._rows(x.detach().float())  # (C, n)
+        n = rows.shape[1]
+        if n == 0:
+            return
+        keep = min(self.max_samples, self._seen + n)
+        from_new = keep if self._sample is None else int(self._rng.hypergeometric(n, self._seen, keep))
+        parts = []
+        if keep - from_new:
+            old = self._sample.shape[1]
+            parts.append(self._sample[:, _on(rows, self._rng.permutation(old)[:keep - from_new])])
+        if from_new == n:
+            parts.append(rows)
+        elif from_new:
+            parts.append(rows[:, _on(rows, self._rng.integers(n, size=from_new))])
+        self._sample = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0].clone()
+        self._seen += n
 
     def samples(self) -> torch.Tensor:
-        if not self._chunks:
+        if self._sample is None:
             raise self._not_ready()
-        return torch.cat(self._chunks, dim=1)  # (C, N)
+        return self._sample  # (C, K)
 
     def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
         return t[0] if self.spec.axis is None else t

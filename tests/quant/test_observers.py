@@ -93,3 +93,76 @@ def test_sample_observers_stay_within_their_budget():
 def test_unknown_observer_is_refused():
     with pytest.raises(ValueError, match="unknown observer 'histogram'"):
         create_observer("histogram", QuantSpec(8))
+
+
+@pytest.mark.parametrize("cls", [MSEObserver, PercentileObserver])
+def test_sample_observers_see_every_column_of_an_activation_map(cls):
+    # Column 0 zero (as zero padding makes it), the rest uniform in [0, 1]: at batch 256 the range must be
+    # that of the whole map, not of column 0 (a fixed stride over the flattened tensor saw only column 0).
+    x = torch.rand(256, 16, 32, 32)
+    x[..., 0] = 0
+    obs = cls(QuantSpec(4))
+    obs.collect(x)
+    lo, hi = obs.compute()
+    assert lo.item() == 0.0 and hi.item() > 0.9
+
+
+def test_sample_is_uniform_over_batches_of_different_sizes():
+    # 3 batches of 1,000 zeros, then one of 9,000 ones: 75% of all values are ones, and so should the sample be.
+    obs = PercentileObserver(QuantSpec(8), max_samples=2000)
+    for _ in range(3):
+        obs.collect(torch.zeros(1000))
+    obs.collect(torch.ones(9000))
+    s = obs.samples()
+    assert s.shape == (1, 2000)
+    assert abs(s.mean().item() - 0.75) < 0.04  # sd of the share is about 0.01
+
+
+def test_sample_keeps_everything_while_under_budget_and_repeats_with_its_seed():
+    obs = PercentileObserver(QuantSpec(8), max_samples=100)
+    obs.collect(torch.arange(60.0))
+    assert sorted(obs.samples()[0].tolist()) == list(range(60))
+    obs.collect(torch.arange(60.0, 120.0))
+    first = obs.samples().clone()
+    assert first.shape == (1, 100)
+    values = first[0]
+    assert 30 < (values < 60).sum() < 70 and ((values >= 0) & (values < 120)).all()  # about half from each
+    obs.reset()
+    obs.collect(torch.arange(60.0))
+    obs.collect(torch.arange(60.0, 120.0))
+    assert torch.equal(obs.samples(), first)
+
+
+def _brute_force_mse_range(x, bits, symmetric, ratios):
+    """The best shrink ratio of x's min-max range, by explicit per-value quantization (no shared code)."""
+    lo, hi = min(x), max(x)
+    qmax = 2 ** (bits - 1) - 1 if symmetric else 2**bits - 1
+    best = None
+    for r in ratios:
+        c_lo, c_hi = lo * r, hi * r
+        if symmetric:
+            scale = max(abs(c_lo), abs(c_hi)) / qmax
+            qmin, zp = -qmax - 1, 0.0
+        else:
+            c_lo, c_hi = min(c_lo, 0.0), max(c_hi, 0.0)
+            scale = (c_hi - c_lo) / qmax
+            qmin, zp = 0, min(max(round(-c_lo / scale), 0), qmax)
+        err = 0.0
+        for v in x:
+            q = min(max(round(v / scale) + zp, qmin), qmax)
+            err += ((q - zp) * scale - v) ** 2
+        if best is None or err < best[0] - 1e-9:
+            best = (err, lo * r, hi * r)
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mse_observer_matches_a_brute_force_search(symmetric, seed):
+    torch.manual_seed(seed)
+    x = torch.distributions.StudentT(3.0).sample((300,))  # heavy tails: the best ratio is well inside (0.2, 1)
+    obs = MSEObserver(QuantSpec(3, symmetric=symmetric, signed=True if symmetric else None), num_ratios=25)
+    obs.collect(x)
+    lo, hi = obs.compute()
+    ref_lo, ref_hi = _brute_force_mse_range(x.tolist(), 3, symmetric, obs.ratios.tolist())
+    assert lo.item() == pytest.approx(ref_lo, rel=1e-5) and hi.item() == pytest.approx(ref_hi, rel=1e-5)
