@@ -1,6 +1,6 @@
-"""The pipeline's producing steps; see `python train.py --help`. Thin wrapper over dfq.cli.train_cli."""
+"""The pipeline's producing steps; see `python train.py --help`. Thin wrapper over gznq.cli.train_cli."""
 
-from dfq.cli.train_cli import main
+from gznq.cli.train_cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

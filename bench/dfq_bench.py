@@ -33,17 +33,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload, read_rows  # noqa: E402
-from dfq.cli.common import tune_allocator  # noqa: E402
-from dfq.cli.quantize_cmd import copies_or_auto  # noqa: E402
+from gznq.cli.common import tune_allocator  # noqa: E402
+from gznq.cli.quantize_cmd import copies_or_auto  # noqa: E402
 from dfq.data import load_dataset  # noqa: E402
-from dfq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
+from gznq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.io import atomic_write, write_json_atomic  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
 from dfq.quant.recon_defaults import ReconOptions, recon_defaults  # noqa: E402
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
-from dfq.sources import Source, open_source  # noqa: E402
+from gznq.sources import Source, open_source  # noqa: E402
 from generators.augment import with_jittered_copies  # noqa: E402
 from generators.checkpoint import META_FILE, load_generator  # noqa: E402
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402

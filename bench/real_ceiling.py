@@ -18,12 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ASSETS, batches, machine, markdown_table, preload  # noqa: E402
-from dfq.cli.common import tune_allocator  # noqa: E402
+from gznq.cli.common import tune_allocator  # noqa: E402
 from dfq.evaluate import evaluate  # noqa: E402
 from dfq.io import write_json_atomic  # noqa: E402
 from dfq.models import create_teacher  # noqa: E402
 from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
-from dfq.sources import real_calibration_loader  # noqa: E402
+from gznq.sources import real_calibration_loader  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

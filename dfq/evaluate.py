@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -9,6 +10,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from dfq.modes import restored
 
 
 @dataclass
@@ -22,6 +25,7 @@ class EvalResult:
     teacher_top1: float | None = None
     teacher_top5: float | None = None
     agreement: float | None = None  # % of images where model and teacher predict the same class
+    drop: float | None = None  # teacher top-1 minus model top-1, in points, from the counts (no float residue)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -59,14 +63,13 @@ def evaluate(
     Raises:
         ValueError: the batches are empty.
     """
-    models = [model] + ([teacher] if teacher is not None else [])
-    was_training = [m.training for m in models]
     device = _device_of(model)
     n = top1 = top5 = t_top1 = t_top5 = agree = 0
     start = time.perf_counter()
-    try:
-        for m in models:
-            m.eval()
+    with restored(model), restored(teacher) if teacher is not None else contextlib.nullcontext():
+        model.eval()
+        if teacher is not None:
+            teacher.eval()
         total = len(batches.dataset) if hasattr(batches, "dataset") else None
         bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
         for images, labels in batches:
@@ -82,9 +85,6 @@ def evaluate(
             bar.update(labels.numel())
             bar.set_postfix(top1=f"{100 * top1 / n:.2f}")
         bar.close()
-    finally:
-        for m, mode in zip(models, was_training):
-            m.train(mode)
     if n == 0:
         raise ValueError("no images to evaluate: the batches were empty")
     seconds = time.perf_counter() - start
@@ -93,4 +93,5 @@ def evaluate(
         result.teacher_top1 = 100 * t_top1 / n
         result.teacher_top5 = 100 * t_top5 / n
         result.agreement = 100 * agree / n
+        result.drop = 100 * (t_top1 - top1) / n
     return result

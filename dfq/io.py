@@ -41,3 +41,42 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
             f.write("\n")
 
     atomic_write(path, write)
+
+
+def load_tensors(path: str | os.PathLike, *, device: str = "cpu", unset: tuple[str, ...] = ()) -> dict:
+    """The tensors of a safetensors file, all finite.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not readable safetensors (truncated, corrupt, another format), or holds NaN or
+            inf values (but in tensors whose names end with one of `unset`: NaN there marks "not set yet");
+            the message names the file.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error type, and OSError for some damage
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may "
+                         "be truncated or damaged: make it again") from None
+    check_finite(tensors, where=str(path), unset=unset)
+    return tensors
+
+
+def check_finite(tensors: dict, *, where: str, unset: tuple[str, ...] = ()) -> None:
+    """Refuse floating-point tensors holding NaN or inf, naming them and `where` they are; tensors whose names
+    end with one of `unset` are skipped (NaN there marks a value not set yet).
+
+    Raises:
+        ValueError: some tensor is not finite.
+    """
+    import torch
+
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in tensors.items()
+           if v.is_floating_point() and not k.endswith(unset) and not torch.isfinite(v).all()}
+    if bad:
+        names = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:6])
+        raise ValueError(f"{where} holds non-finite values (NaN or inf) in {len(bad)} tensors: {names}")

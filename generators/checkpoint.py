@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from dfq.io import atomic_write, write_json_atomic
+from dfq.io import atomic_write, check_finite, load_tensors, write_json_atomic
 from generators.bn_stats import batchnorm_layers
 from generators.network import ConditionalGenerator, GeneratorConfig
 
@@ -39,6 +39,7 @@ def save_generator(generator: ConditionalGenerator, out_dir: str | os.PathLike, 
     """Write the generator's weights and metadata; the JSON goes last and marks a complete checkpoint."""
     out = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
+    check_finite(state, where="the generator")  # a diverged run is refused, not saved
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
     write_json_atomic(out / META_FILE, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "teacher": teacher, "teacher_fingerprint": fingerprint,
@@ -59,7 +60,10 @@ def read_generator_meta(path: str | os.PathLike) -> dict:
     if not meta_path.is_file():
         hint = "the directory does not exist" if not path.exists() else f"{META_FILE} is missing"
         raise FileNotFoundError(f"{str(path)!r} is not a generator checkpoint: {hint} (train one with `train.py generator`)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not readable JSON ({exc}); it may be damaged") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a gznq generator (format {meta.get('format')!r})")
     return meta
@@ -85,7 +89,7 @@ def load_generator(path: str | os.PathLike, *, teacher_name: str | None = None, 
     meta = read_generator_meta(path)
     check_teacher(meta, teacher_name=teacher_name, teacher=teacher, path=path)
     generator = ConditionalGenerator(GeneratorConfig(**meta["generator_config"]))
-    generator.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE), device=str(device)))
+    generator.load_state_dict(load_tensors(Path(path) / WEIGHTS_FILE, device=str(device)))
     return generator.to(device).eval(), meta
 
 
@@ -97,4 +101,7 @@ def load_train_state(out_dir: str | os.PathLike) -> dict:
     path = Path(out_dir) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume in {str(out_dir)!r}: {STATE_FILE} is missing")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{str(path)!r} cannot be read ({type(exc).__name__}: {exc}); it may be damaged") from None

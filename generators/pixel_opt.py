@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from dfq.io import atomic_write, write_json_atomic
+from dfq.io import atomic_write, load_tensors, write_json_atomic
 from dfq.models.spec import InputSpec
+from dfq.modes import frozen
 from generators.bn_stats import BN_LOSSES
 from generators.refine import RefineConfig, optimize_logits
 from generators.trainer import balanced_labels
@@ -57,9 +58,6 @@ def optimize_pixels(
     Returns:
         (images (N, C, H, W) in [0, 1] on the CPU, labels (N,), seconds spent).
     """
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     device = next(teacher.parameters()).device
     rng = torch.Generator().manual_seed(config.seed)
     labels = balanced_labels(config.num_images, spec.num_classes, rng)
@@ -69,13 +67,14 @@ def optimize_pixels(
     images = []
     start = time.perf_counter()
     bar = tqdm(total=config.num_images, desc="pixels", unit="img", disable=not progress)
-    for first in range(0, config.num_images, config.batch_size):
-        y = labels[first:first + config.batch_size].to(device)
-        init = torch.randn(len(y), spec.channels, spec.image_size, spec.image_size, generator=rng).to(device)
-        x, loss = optimize_logits(teacher, spec, init, y, refine, generator=rng)
-        images.append(x.cpu())
-        bar.update(len(y))
-        bar.set_postfix(loss=f"{loss:.3f}")
+    with frozen(teacher):
+        for first in range(0, config.num_images, config.batch_size):
+            y = labels[first:first + config.batch_size].to(device)
+            init = torch.randn(len(y), spec.channels, spec.image_size, spec.image_size, generator=rng).to(device)
+            x, loss = optimize_logits(teacher, spec, init, y, refine, generator=rng)
+            images.append(x.cpu())
+            bar.update(len(y))
+            bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     return torch.cat(images), labels, time.perf_counter() - start
 
@@ -103,5 +102,5 @@ def load_pixels(path: str | os.PathLike, *, teacher_name: str | None = None) -> 
     meta = json.loads((path / PIXELS_META).read_text())
     if teacher_name is not None and meta["teacher"] != teacher_name:
         raise ValueError(f"pixel set {str(path)!r} was optimized for {meta['teacher']!r}, not {teacher_name!r}")
-    tensors = load_file(str(path / PIXELS_FILE))
+    tensors = load_tensors(path / PIXELS_FILE)
     return tensors["images"], tensors["labels"], meta

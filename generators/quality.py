@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from dfq.modes import frozen
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss, bn_l2_loss
 from generators.stream import SyntheticStream
 
@@ -135,9 +136,9 @@ def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iter
     """Judge (normalized images, labels) batches from any source with the teacher (in eval mode): its top-1
     against the labels, its mean top softmax probability (confidence), both BN losses (averaged over
     batches), and within-class feature and pixel diversity, beside those of `real_batches` when given."""
-    teacher.eval()
-    seen = _judge(teacher, batches, bn_losses=True)
-    real = _judge(teacher, real_batches, bn_losses=False) if real_batches is not None else None
+    with frozen(teacher):
+        seen = _judge(teacher, batches, bn_losses=True)
+        real = _judge(teacher, real_batches, bn_losses=False) if real_batches is not None else None
     return QualityReport(
         teacher_top1=100 * seen.correct / len(seen.labels), bn_kl=seen.bn_kl / seen.num_batches,
         bn_l2=seen.bn_l2 / seen.num_batches, diversity=within_class_distance(seen.features, seen.labels),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfq.models.spec import InputSpec
+from dfq.modes import frozen
 from generators.augment import random_jitter, random_resized_crop
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder
 from generators.network import normalize
@@ -157,6 +158,8 @@ def refine_images(
         ValueError: images outside [0, 1] (normalized images must be un-normalized first) or a batch of one
             (a batch's statistics need at least two images).
     """
+    if not torch.isfinite(images).all():
+        raise ValueError("refine_images got non-finite pixels (NaN or inf); check the generator's weights")
     if images.min() < 0 or images.max() > 1:
         raise ValueError("refine_images takes pixels in [0, 1], not normalized images")
     if len(images) < 2:
@@ -164,25 +167,17 @@ def refine_images(
     if config.steps == 0:
         return images
     eps = 1e-4  # keeps the logits of saturated pixels finite
-    params = [(p, p.requires_grad) for p in teacher.parameters()]
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        for p, _ in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            targets = labels
-            if config.boundary_share > 0:
-                targets = boundary_targets(labels, spec.num_classes, config.boundary_share, config.boundary_min,
-                                           generator)
-            if config.crop_scale < 1:
-                images = random_resized_crop(images, scale=(config.crop_scale, 1.0), generator=generator)
-            refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), targets, config,
-                                         generator=generator)
-    finally:
-        for p, flag in params:
-            p.requires_grad_(flag)
-        teacher.train(was_training)
+    with frozen(teacher), torch.enable_grad():
+        targets = labels
+        if config.boundary_share > 0:
+            targets = boundary_targets(labels, spec.num_classes, config.boundary_share, config.boundary_min,
+                                       generator)
+        if config.crop_scale < 1:
+            images = random_resized_crop(images, scale=(config.crop_scale, 1.0), generator=generator)
+        refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), targets, config,
+                                     generator=generator)
+    if not torch.isfinite(refined).all():
+        raise ValueError("refinement produced non-finite pixels; lower the refinement lr")
     return refined
 
 

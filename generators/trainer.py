@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
+from dfq.modes import frozen
+from dfq.plots import plot_log
 from generators.augment import random_jitter
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer
 from generators.checkpoint import (
@@ -134,13 +137,6 @@ class GeneratorObjective(nn.Module):
         return self.losses(x, y, z, rng)
 
 
-def _freeze(teacher: nn.Module) -> nn.Module:
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
-
-
 def train_generator(
     teacher: nn.Module,
     spec: InputSpec,
@@ -150,25 +146,42 @@ def train_generator(
     gen_config: GeneratorConfig | None = None,
     config: GeneratorTrainConfig = GeneratorTrainConfig(),
     resume: bool = False,
+    steps: int | None = None,
     progress: bool = True,
 ) -> ConditionalGenerator:
     """Train a generator for `teacher` and write it to `out_dir` (checkpoints every `save_every` steps,
-    losses to losses.csv, sample grids to samples_*.png). With `resume`, continue from out_dir's last
-    checkpoint with its saved configs, optimizer, schedule and random state. Ctrl-C saves a checkpoint
+    losses to losses.csv and a plot of them, sample grids to samples_*.png). The generator's initial weights
+    and every random draw come from `config.seed`. With `resume`, continue from out_dir's last checkpoint
+    with its saved configs, optimizer, schedule and random state, so that an interrupted run ends with the
+    weights an uninterrupted one reaches; `steps` then sets a new total (more steps than done: the cosine
+    schedule is stretched over the new total, so the learning rate rises again). Ctrl-C saves a checkpoint
     before stopping.
 
     Raises:
-        ValueError: the teacher has no BatchNorm; resuming for a different teacher.
+        ValueError: the teacher has no BatchNorm; resuming for a different teacher; resuming a run that has
+            already reached `steps` (or its own total when `steps` is None).
+        FileExistsError: out_dir holds a generator and `resume` is off.
         FileNotFoundError: resume with nothing to resume.
     """
-    out = Path(out_dir)
-    teacher = _freeze(teacher)
+    with frozen(teacher):
+        return _train(teacher, spec, Path(out_dir), teacher_name=teacher_name, gen_config=gen_config, config=config,
+                      resume=resume, steps=steps, progress=progress)
+
+
+def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str, gen_config: GeneratorConfig | None,
+           config: GeneratorTrainConfig, resume: bool, steps: int | None, progress: bool) -> ConditionalGenerator:
     device = next(teacher.parameters()).device
     fingerprint = teacher_fingerprint(teacher)
     if resume:
         generator, meta = load_generator(out, teacher_name=teacher_name, teacher=teacher, device=device)
         state = load_train_state(out)
         config = GeneratorTrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+        if steps is not None:
+            config = dataclasses.replace(config, steps=steps)
+        if state["step"] >= config.steps:
+            raise ValueError(f"the generator in {out} has trained {state['step']} steps, as many as "
+                             f"{'asked' if steps is not None else 'its run was set to'} ({config.steps}): nothing "
+                             f"to do; pass --steps larger than {state['step']} to train it further")
     else:
         if (out / META_FILE).exists():
             raise FileExistsError(f"{out} already holds a generator; pass --resume to continue it or pick another --out")
@@ -200,6 +213,10 @@ def train_generator(
     log_path = out / "losses.csv"
     out.mkdir(parents=True, exist_ok=True)
     fields = ["step", "loss", "ce", "bn", "div", "tv", "acc", "lr", "seconds"]
+    if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again
+        with open(log_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        atomic_write(log_path, lambda tmp: _write_csv(tmp, fields, rows))
     bar = tqdm(total=config.steps, initial=step, desc="generator", disable=not progress)
     try:
         with open(log_path, "a", newline="") as log_file:
@@ -232,4 +249,12 @@ def train_generator(
         print(f"\ninterrupted at step {step}; checkpoint saved to {out} (continue with --resume)")
         raise
     bar.close()
+    plot_log(log_path, out / "losses.png", title=f"generator for {teacher_name}")
     return generator.eval()
+
+
+def _write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

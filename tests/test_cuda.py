@@ -11,9 +11,10 @@ import json
 import pytest
 import torch
 
-from dfq.cli.eval_cli import main as eval_main
-from dfq.cli.train_cli import main as train_main
-from dfq.distill import Distiller, DistillConfig, kd_loss
+from gznq.cli.eval_cli import main as eval_main
+from gznq.cli.train_cli import main as train_main
+from dfq.losses import kd_loss
+from gznq.distill import Distiller, DistillConfig
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig, calibrate, quantize_model
 from dfq.quant.reconstruct import ReconstructConfig, reconstruct

@@ -2,7 +2,8 @@ import copy
 
 import torch
 
-from dfq.distill import Distiller, DistillConfig, gdfq_recipe, kd_loss
+from dfq.losses import kd_loss
+from gznq.distill import Distiller, DistillConfig, gdfq_recipe
 from dfq.quant import QuantConfig, calibrate, quantize_model
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
 from tests.generators.helpers import TINY_SPEC, tiny_teacher
@@ -134,13 +135,14 @@ def test_weight_scales_stay_when_asked_and_learn_otherwise():
 
 
 def test_cli_keeps_weight_scales_after_reconstruction_unless_told():
-    from dfq.cli.distill_stage import distill_config
-    from dfq.cli.train_cli import build_parser
+    from gznq.cli.quantize_cmd import pipeline_config
+    from gznq.cli.train_cli import build_parser
 
     def parse(*extra):
-        return build_parser().parse_args(["quantize", "--model", "m", "--source", "real:/x", "--out", "o", *extra])
+        return pipeline_config(build_parser().parse_args(["quantize", "--model", "m", "--source", "real:/x",
+                                                          "--out", "o", *extra]))
 
-    assert distill_config(parse(), reconstructed=True).weight_scales is False
-    assert distill_config(parse(), reconstructed=False).weight_scales is True
-    assert distill_config(parse("--distill-weight-scales"), reconstructed=True).weight_scales is True
-    assert distill_config(parse("--no-distill-weight-scales"), reconstructed=False).weight_scales is False
+    # None: the pipeline keeps them after a reconstruction (gznq/pipeline.py resolves it) and learns them otherwise
+    assert parse().distill.weight_scales is None
+    assert parse("--distill-weight-scales").distill.weight_scales is True
+    assert parse("--no-distill-weight-scales").distill.weight_scales is False

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -75,6 +76,16 @@ def load_dataset(path: str | os.PathLike, spec: InputSpec, *, train: bool = Fals
     return ds
 
 
+def read_image(path: str) -> Image.Image:
+    """An RGB image from a file, or a ValueError naming the file when it is not a readable image."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise ValueError(f"image file {path!r} cannot be read ({type(exc).__name__}: {exc}); "
+                         "remove or replace it") from None
+
+
 def _image_folder(root: Path, spec: InputSpec) -> datasets.ImageFolder:
     class_dirs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if not class_dirs:
@@ -82,10 +93,39 @@ def _image_folder(root: Path, spec: InputSpec) -> datasets.ImageFolder:
             f"data folder {str(root)!r} is empty: it has no class subfolders. Expected the ImageFolder layout "
             f"{root}/<class>/<image>.jpg, or a torchvision CIFAR root"
         )
-    ds = datasets.ImageFolder(str(root), transform=eval_transform(spec), allow_empty=True)
+    ds = datasets.ImageFolder(str(root), transform=eval_transform(spec), loader=read_image, allow_empty=True)
     if len(ds) == 0:
         raise ValueError(f"data folder {str(root)!r} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return ds
+
+
+SPLITS = ("all", "select", "report")
+
+
+def split_indices(targets: Sequence[int], split: str) -> list[int]:
+    """The indices of a held-out set's `split`: "all", or one of two disjoint halves, "select" and "report".
+
+    Within each class, in the dataset's own order, images at even positions (0, 2, 4, ...) form "select" and
+    those at odd positions "report", so each half keeps the class balance and every class is halved. Every
+    default, sweep and probe chooses on "select"; results are reported on "report", which nothing was chosen
+    on. (On an ImageFolder the order is the sorted file names.)
+
+    Raises:
+        ValueError: an unknown split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "all":
+        return list(range(len(targets)))
+    parity = 0 if split == "select" else 1
+    position: dict[int, int] = {}
+    chosen = []
+    for i, t in enumerate(targets):
+        k = position.get(int(t), 0)
+        position[int(t)] = k + 1
+        if k % 2 == parity:
+            chosen.append(i)
+    return chosen
 
 
 def stratified_indices(targets: Sequence[int], limit: int) -> list[int]:
@@ -116,20 +156,27 @@ def build_eval_loader(
     *,
     batch_size: int = 256,
     limit: int | None = None,
+    split: str = "all",
     num_workers: int = 1,
     train: bool = False,
 ) -> DataLoader:
-    """A deterministic evaluation loader over `load_dataset(path, spec)`; `limit` keeps a class-balanced
-    subset (see `stratified_indices`).
+    """A deterministic evaluation loader over `load_dataset(path, spec)`: the images of `split` (see
+    `split_indices`), of which `limit` keeps a class-balanced subset (see `stratified_indices`).
 
     Raises:
-        The errors of `load_dataset`, and ValueError for a non-positive batch size.
+        The errors of `load_dataset`, and ValueError for a non-positive batch size or limit or an unknown split.
     """
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {batch_size}")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
     ds = load_dataset(path, spec, train=train)
-    if limit is not None and limit < len(ds):
-        ds = Subset(ds, stratified_indices(ds.targets, limit))
+    indices = split_indices(ds.targets, split)
+    if limit is not None and limit < len(indices):
+        targets = [ds.targets[i] for i in indices]
+        indices = [indices[i] for i in stratified_indices(targets, limit)]
+    if len(indices) < len(ds):
+        ds = Subset(ds, indices)
     return DataLoader(
         ds,
         batch_size=batch_size,

@@ -26,12 +26,12 @@ def _weights_unavailable(name: str, exc: Exception) -> RuntimeError:
     )
 
 
-def _load_local(model: nn.Module, checkpoint) -> None:
+def _load_local(model: nn.Module, checkpoint, trust: bool) -> None:
     path = resolve_weights(None, checkpoint=checkpoint)
-    load_state_dict_checked(model, read_state_dict(path), source=str(path))
+    load_state_dict_checked(model, read_state_dict(path, trust=trust), source=str(path))
 
 
-def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True) -> Teacher:
+def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False) -> Teacher:
     """A torchvision classifier; pretrained weights come from torchvision's own DEFAULT weights."""
     from torchvision import models
 
@@ -42,7 +42,7 @@ def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True) -
     if checkpoint is not None or not pretrained:
         model = models.get_model(name, weights=None)
         if checkpoint is not None:
-            _load_local(model, checkpoint)
+            _load_local(model, checkpoint, trust_checkpoint)
     else:
         try:
             model = models.get_model(name, weights=weights)
@@ -61,7 +61,7 @@ def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True) -
     return Teacher(model.eval(), spec)
 
 
-def create_timm(name: str, *, checkpoint=None, pretrained: bool = True) -> Teacher:
+def create_timm(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False) -> Teacher:
     """A timm model; pretrained weights come from timm's own mechanism (Hugging Face hub and its cache)."""
     import timm
     from timm.data import resolve_data_config
@@ -76,7 +76,7 @@ def create_timm(name: str, *, checkpoint=None, pretrained: bool = True) -> Teach
             raise
         raise _weights_unavailable(f"timm:{name}", exc) from exc
     if checkpoint is not None:
-        _load_local(model, checkpoint)
+        _load_local(model, checkpoint, trust_checkpoint)
     cfg = resolve_data_config({}, model=model)
     size = cfg["input_size"][-1]
     spec = InputSpec(

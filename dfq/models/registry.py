@@ -23,7 +23,7 @@ class Teacher(NamedTuple):
 
 
 def register_teacher(name: str) -> Callable[[TeacherBuilder], TeacherBuilder]:
-    """Register a builder `fn(*, checkpoint, pretrained) -> Teacher` under `name`."""
+    """Register a builder `fn(*, checkpoint, pretrained, trust_checkpoint) -> Teacher` under `name`."""
 
     def wrap(fn: TeacherBuilder) -> TeacherBuilder:
         if name in _REGISTRY:
@@ -43,13 +43,15 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pretrained: bool = True) -> Teacher:
+def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pretrained: bool = True,
+                   trust_checkpoint: bool = False) -> Teacher:
     """Build a teacher by name, load its weights and put it in eval mode.
 
     Args:
         name: a registered name (see `list_teachers()`), `tv:<torchvision model>` or `timm:<timm model>`.
         checkpoint: a local weights file; takes precedence over every other source.
         pretrained: load published weights; False gives a randomly initialised model (tests, shapes).
+        trust_checkpoint: allow a checkpoint that needs full unpickling (which can run code from the file).
 
     Raises:
         ValueError: unknown name; a checkpoint that does not fit the model; a model without BatchNorm.
@@ -58,11 +60,13 @@ def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pr
     from dfq.models import external  # lazy: importing timm costs seconds
 
     if name.startswith("tv:"):
-        teacher = external.create_torchvision(name[3:], checkpoint=checkpoint, pretrained=pretrained)
+        teacher = external.create_torchvision(name[3:], checkpoint=checkpoint, pretrained=pretrained,
+                                              trust_checkpoint=trust_checkpoint)
     elif name.startswith("timm:"):
-        teacher = external.create_timm(name[5:], checkpoint=checkpoint, pretrained=pretrained)
+        teacher = external.create_timm(name[5:], checkpoint=checkpoint, pretrained=pretrained,
+                                       trust_checkpoint=trust_checkpoint)
     elif name in _REGISTRY:
-        teacher = _REGISTRY[name](checkpoint=checkpoint, pretrained=pretrained)
+        teacher = _REGISTRY[name](checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust_checkpoint)
     else:
         close = difflib.get_close_matches(name, list_teachers(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

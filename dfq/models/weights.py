@@ -10,6 +10,7 @@ cache. `GZNQ_OFFLINE=1` skips the download.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +94,27 @@ def resolve_weights(weight: WeightFile | None, *, checkpoint: str | os.PathLike 
     )
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read a state dict from a checkpoint file: a raw state dict, or a dict holding one under
     `state_dict` or `model`; a DataParallel `module.` prefix is stripped.
 
+    The file is unpickled with `weights_only=True`, which runs no code from it. A checkpoint that also
+    pickled Python objects (an `argparse.Namespace` of training options, as many research repositories save)
+    needs full unpickling, which can run arbitrary code: it is refused unless `trust` is set.
+
     Raises:
-        ValueError: the file is not a PyTorch checkpoint or holds no state dict.
+        ValueError: the file is not a PyTorch checkpoint, holds no state dict, or needs `trust`.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # damaged or not a pickle at all
+            raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (UnpicklingError: {exc})") from None
+        raise ValueError(
+            f"{str(path)!r} holds pickled Python objects besides its tensors (for example the training options), "
+            "and loading those can run code from the file. If you trust the file, pass --trust-checkpoint "
+            "(trust_checkpoint=True in Python); better, re-save just its state dict with torch.save(sd, path)."
+        ) from None
     except Exception as exc:
         raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, Mapping):
@@ -136,6 +149,9 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         problems.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     if mismatched:
         problems.append(f"shape mismatches: {mismatched[:8]}")
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        problems.append(f"non-finite values (NaN or inf) in {bad[:8]}")
     if problems:
         raise ValueError(
             f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems)

@@ -24,11 +24,12 @@ CIFAR10_RESNET_WEIGHTS = {
 CIFAR10_SPEC = InputSpec(image_size=32, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=10)
 
 
-def _build_cifar10_resnet(depth: int, *, checkpoint=None, pretrained: bool = True) -> Teacher:
+def _build_cifar10_resnet(depth: int, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False
+                          ) -> Teacher:
     model = CifarResNet(depth, num_classes=10)
     if checkpoint is not None or pretrained:
         path = resolve_weights(CIFAR10_RESNET_WEIGHTS[depth], checkpoint=checkpoint)
-        load_state_dict_checked(model, read_state_dict(path), source=str(path))
+        load_state_dict_checked(model, read_state_dict(path, trust=trust_checkpoint), source=str(path))
     return Teacher(model.eval(), CIFAR10_SPEC)
 
 

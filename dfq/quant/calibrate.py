@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq.modes import restored
 from dfq.quant.quantizer import TensorQuantizer
 
 
@@ -35,27 +37,25 @@ def calibration_mode(model: nn.Module, *, load_ranges: bool = True):
     targets = _input_quantizers(model)
     if not targets:
         raise ValueError("the model has no input quantizers to calibrate; was it built with dfq.quantize_model?")
-    modes = {m: m.training for m in model.modules()}
     flags = [(q, q.calibrating, q.enabled) for q in targets.values()]
     try:
-        model.eval()
-        for q in targets.values():
-            q.observer.reset()
-            q.calibrating, q.enabled = True, True
-        yield model
-        if load_ranges:
-            for name, q in targets.items():
-                q.calibrating = False
-                try:
-                    q.load_observed_range()
-                except RuntimeError as exc:
-                    raise ValueError(f"{name} saw no data during calibration; is that layer used in forward?") from exc
+        with restored(model):
+            model.eval()
+            for q in targets.values():
+                q.observer.reset()
+                q.calibrating, q.enabled = True, True
+            yield model
+            if load_ranges:
+                for name, q in targets.items():
+                    q.calibrating = False
+                    try:
+                        q.load_observed_range()
+                    except RuntimeError as exc:
+                        raise ValueError(f"{name} saw no data during calibration; is that layer used in forward?") from exc
     finally:
         for q, calibrating, enabled in flags:
             q.calibrating, q.enabled = calibrating, enabled
             q.observer.reset()
-        for m, training in modes.items():
-            m.training = training
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -96,10 +96,14 @@ def calibrate(
             data(model)
             seen = 1
         else:
-            for batch in tqdm(data, total=num_batches, desc="calibrate", disable=not progress, leave=False):
-                if num_batches is not None and seen >= num_batches:
-                    break
-                model(_images(batch).to(device))
+            # islice stops before pulling a batch more than asked: on a refined stream each batch costs seconds
+            batches = itertools.islice(data, num_batches) if num_batches is not None else data
+            for batch in tqdm(batches, total=num_batches, desc="calibrate", disable=not progress, leave=False):
+                images = _images(batch).to(device)
+                if not torch.isfinite(images).all():
+                    raise ValueError(f"calibration batch {seen} holds non-finite values (NaN or inf); "
+                                     "check the data source")
+                model(images)
                 seen += 1
         if seen == 0:
             raise ValueError("calibration saw no batches: the data was empty")

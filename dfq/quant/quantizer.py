@@ -101,8 +101,15 @@ class TensorQuantizer(nn.Module):
         self.observer.collect(x)
 
     def load_observed_range(self) -> None:
-        """Set the range from the observer, then reset the observer."""
-        self.set_range(*self.observer.compute())
+        """Set the range from the observer, then reset the observer.
+
+        Raises:
+            ValueError: the observed range is not finite (the data held NaN or inf).
+        """
+        lo, hi = self.observer.compute()
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise ValueError("the observed range is not finite: the tensors seen held NaN or inf")
+        self.set_range(lo, hi)
         self.observer.reset()
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq.modes import frozen, restored
 from dfq.quant.adaround import adaround
 from dfq.quant.modules import QuantConv2d, QuantLinear
 
@@ -25,23 +26,19 @@ class ReconstructConfig:
     """iterations: optimizer steps per block. batch_size: images per step. lr: Adam rate of the rounding
     variables, sized for a few hundred iterations: each step moves a rounding variable by at most about lr,
     and it has to travel a few units to settle its rounding (BRECQ's 1e-3 is meant for 20,000 iterations;
-    at 300 iterations it leaves most weights rounded to nearest). act_lr: Adam rate of the activation step
+    at a few hundred it leaves most weights rounded to nearest). act_lr: Adam rate of the activation step
     sizes (0 keeps them fixed). reg_weight, beta_start, beta_end, warmup: AdaRound's rounding regularizer,
     its annealed exponent, and the fraction of iterations before it starts. drop_prob: QDrop (Wei et al.
     2022): while reconstructing, each activation element skips its quantization with this probability,
-    which flattens the loss landscape and generalizes from the few (synthetic) reconstruction images to
-    real ones; 0 turns it off. last_block: reconstruct the last unit too (the classifier, whose output is
-    the logits); False leaves it with its calibrated, round-to-nearest weights. On generated images the
-    better choice depends on the bits (ResNet-20, `paper`, 2,048 refined images, three and two seeds,
-    README "Open problems"): at W4A4 leaving the classifier as calibrated lowered the test drop from 0.76,
-    1.49, 1.35 to 0.42, 1.05, 1.13; at W3A3 it raised it from 4.00, 5.08 to 4.40, 5.98. feature_mix: share
-    of each batch whose block inputs are blends lam * a + (1 - lam) * b of two inputs of the batch (lam ~
-    U(0, 1)), the target being the teacher block's output on the same blend of the teacher's inputs:
-    generated images drive a teacher's late, class-level features to extremes, and blends of them stand in
-    for the intermediate features of real images; only in blocks past the fraction `feature_mix_after` of
-    the list (0.5: the second half), as early features are local textures that blending only ghosts. Off
-    by default: share 0.5 in ResNet-20's stage 3 and classifier (after 0.6) gave W4A4 `paper` drops of
-    1.06, 1.27, 1.55 over three seeds against 0.49, 1.41, 1.84 without it (README "Open problems")."""
+    which flattens the loss landscape and generalizes from few reconstruction images to unseen ones; 0 turns
+    it off. last_block: reconstruct the last unit too (the classifier, whose output is the logits); False
+    leaves it with its calibrated, round-to-nearest weights; None reconstructs it here and lets the pipeline
+    choose by the setting (`dfq.quant.recon_defaults`). feature_mix: share of each batch whose block inputs
+    are blends lam * a + (1 - lam) * b of two inputs of the batch (lam ~ U(0, 1)), the target being the
+    teacher block's output on the same blend of the teacher's inputs, meant to stand in for intermediate
+    features that generated images lack; only in blocks past the fraction `feature_mix_after` of the list,
+    as early features are local textures that blending only ghosts. Off by default (it did not help in
+    `docs/benchmarks.md`)."""
 
     iterations: int = 500
     batch_size: int = 32
@@ -52,7 +49,7 @@ class ReconstructConfig:
     beta_end: float = 2.0
     warmup: float = 0.2
     drop_prob: float = 0.5
-    last_block: bool = True
+    last_block: bool | None = None
     feature_mix: float = 0.0
     feature_mix_after: float = 0.5
     seed: int = 0
@@ -219,15 +216,10 @@ def reconstruct_block(
     layers = [m for m in block.modules() if isinstance(m, _QUANT_LAYERS) and m.weight_quantizer is not None]
     act_quantizers = [m.input_quantizer for m in block.modules()
                       if isinstance(m, _QUANT_LAYERS) and m.input_quantizer is not None]
-    params_state = [(p, p.requires_grad) for p in block.parameters()]
-    modes = {m: m.training for m in block.modules()}
     before = _block_error(block, inputs, targets)
     gen = torch.Generator().manual_seed(config.seed)
     try:
-        block.eval()  # BN uses its running statistics
-        for p, _ in params_state:
-            p.requires_grad_(False)
-        with adaround(layers) as roundings, activation_drop(act_quantizers, config.drop_prob, gen):
+        with frozen(block), adaround(layers) as roundings, activation_drop(act_quantizers, config.drop_prob, gen):
             groups = [{"params": [r.alpha for r in roundings], "lr": config.lr}]
             if config.act_lr > 0 and act_quantizers:
                 for q in act_quantizers:
@@ -253,21 +245,16 @@ def reconstruct_block(
     finally:
         for q in act_quantizers:
             q.set_learnable(False)
-        for p, flag in params_state:
-            p.requires_grad_(flag)
-        for m, training in modes.items():
-            m.training = training
     return BlockResult(before, _block_error(block, inputs, targets), undecided)
 
 
 @torch.no_grad()
 def _block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> float:
-    was = block.training
-    block.eval()
     total = 0.0
-    for i in range(0, len(inputs), chunk):
-        total += F.mse_loss(block(inputs[i:i + chunk]), targets[i:i + chunk], reduction="sum").item()
-    block.train(was)
+    with restored(block):
+        block.eval()
+        for i in range(0, len(inputs), chunk):
+            total += F.mse_loss(block(inputs[i:i + chunk]), targets[i:i + chunk], reduction="sum").item()
     return total / len(inputs)
 
 
@@ -314,14 +301,12 @@ def reconstruct(
     blocks = find_blocks(student)
     if not blocks:
         raise ValueError("the student has no quantized layers to reconstruct; build it with dfq.quantize_model")
-    if not config.last_block and len(blocks) > 1:
+    if config.last_block is False and len(blocks) > 1:
         blocks = blocks[:-1]
     teacher_modules = dict(teacher.named_modules())
-    was_training = (student.training, teacher.training)
-    student.eval()
-    teacher.eval()
     records = []
-    try:
+    with restored(student), frozen(teacher):
+        student.eval()
         for number, name in enumerate(tqdm(blocks, desc="reconstruct", disable=not progress)):
             if name not in teacher_modules:
                 raise ValueError(f"student block {name!r} has no counterpart in the teacher")
@@ -339,7 +324,6 @@ def reconstruct(
                 targets = targets.contiguous(memory_format=torch.channels_last)
             result = reconstruct_block(block, inputs, targets, config, mix)
             records.append({"block": name, **dataclasses.asdict(result)})
-    finally:
-        student.train(was_training[0])
-        teacher.train(was_training[1])
+            if inputs.dim() == 4:  # back to the default layout, so the student computes as a reloaded copy does
+                block.to(memory_format=torch.contiguous_format)
     return records

@@ -7,10 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from dfq.io import atomic_write, write_json_atomic
+from dfq.io import atomic_write, check_finite, load_tensors, write_json_atomic
 from dfq.quant.config import QuantConfig
 from dfq.quant.convert import quantize_model
 
@@ -18,6 +18,8 @@ FORMAT = "gznq-student"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "student.safetensors"
 META_FILE = "student.json"
+# TensorQuantizer's tracking-mode ranges, NaN until their first tracked batch
+UNSET_BUFFERS = ("running_min", "running_max")
 
 
 def is_student_dir(path: str | os.PathLike) -> bool:
@@ -34,6 +36,7 @@ def save_student(
     """
     out = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    check_finite(state, where="the student", unset=UNSET_BUFFERS)  # a diverged run is refused, not saved
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
     meta = {
         "format": FORMAT,
@@ -56,7 +59,10 @@ def read_student_meta(path: str | os.PathLike) -> dict:
     meta_path = Path(path) / META_FILE
     if not meta_path.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a saved student: {META_FILE} is missing")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not readable JSON ({exc}); it may be damaged") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a gznq student (format {meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -69,7 +75,8 @@ def load_student(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Mo
     the saved config, then every tensor loaded from the safetensors file. Returns (model in eval mode, meta).
 
     Raises:
-        FileNotFoundError / ValueError: not a student directory, or tensors that do not fit.
+        FileNotFoundError / ValueError: not a student directory, an unreadable or non-finite weights file, or
+            tensors that do not fit.
     """
     from dfq.models import create_teacher  # the zoo imports heavy optional packages lazily
 
@@ -77,7 +84,7 @@ def load_student(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Mo
     config = QuantConfig.from_dict(meta["quant_config"])
     skeleton, _ = create_teacher(meta["teacher"], pretrained=False)
     model = quantize_model(skeleton, config, inplace=True)
-    state = load_file(str(Path(path) / WEIGHTS_FILE), device=device)
+    state = load_tensors(Path(path) / WEIGHTS_FILE, device=device, unset=UNSET_BUFFERS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

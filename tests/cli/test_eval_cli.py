@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dfq.cli.eval_cli import main
+from gznq.cli.eval_cli import main
 
 # Measured on the shared cifar10-jpeg/test: the full set gives 81.03; its ten disjoint class-balanced
 # subsets of 1,000 (images 100j..100j+99 of every class) range from 80.4 to 82.3 (std 0.58).

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dfq.cli.eval_cli import main as eval_main
-from dfq.cli.train_cli import main as train_main
+from gznq.cli.eval_cli import main as eval_main
+from gznq.cli.train_cli import main as train_main
 from generators.refine import RefineConfig
 
 
@@ -27,9 +27,10 @@ def test_generator_run_writes_checkpoint_logs_and_grid(generator_dir):
 
 def test_sample_writes_an_image_folder(generator_dir, tmp_path):
     assert train_main(["sample", "--generator", str(generator_dir), "--num-images", "25", "--out", str(tmp_path / "s")]) == 0
-    folders = sorted(p.name for p in (tmp_path / "s").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir())
     assert folders == [str(i) for i in range(10)]
-    assert sum(len(list(f.glob("*.png"))) for f in (tmp_path / "s").iterdir()) == 25
+    assert sum(len(list((tmp_path / "s" / f).glob("*.png"))) for f in folders) == 25
+    assert json.loads((tmp_path / "s" / "samples.json").read_text())["num_images"] == 25
 
 
 def test_sample_refined_differs_from_raw(generator_dir, weights_dir, tmp_path):
@@ -82,9 +83,10 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert report["recon_augment"] == 2 and report["recon_last_block"] is False
     assert "paper, 4 bits" in report["recon_defaults"]
     assert [r["block"] for r in report["reconstruct"]][-1] != "linear"  # the classifier left as calibrated
-    assert train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
-                       "--out", str(tmp_path / "bad")]) == 2
-    assert "unknown method" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "prune",
+                    "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "unknown method" in capsys.readouterr().err
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--calib-images", "32", "--method", "reconstruct",
                        "--recon-drop", "1.5", "--out", str(tmp_path / "bad")]) == 2
@@ -101,10 +103,10 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
 
 
 def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
-    from dfq.cli import quantize_cmd
+    from gznq import pipeline
 
     seen = {}
-    real_calibrate, real_reconstruct = quantize_cmd.calibrate, quantize_cmd.reconstruct
+    real_calibrate, real_reconstruct = pipeline.calibrate, pipeline.reconstruct
 
     def calibrate(model, batches, **kw):
         seen["calib"] = torch.cat([b[0] if isinstance(b, (tuple, list)) else b for b in batches])
@@ -114,8 +116,8 @@ def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_p
         seen["recon"] = torch.cat(list(images))
         return real_reconstruct(student, teacher, images, config, **kw)
 
-    monkeypatch.setattr(quantize_cmd, "calibrate", calibrate)
-    monkeypatch.setattr(quantize_cmd, "reconstruct", reconstruct)
+    monkeypatch.setattr(pipeline, "calibrate", calibrate)
+    monkeypatch.setattr(pipeline, "reconstruct", reconstruct)
     args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
             "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32", "--w-bits", "4",
             "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct", "--recon-iters", "2",
@@ -127,7 +129,7 @@ def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_p
     assert metadata["recon_augment"] == 0 and metadata["recon_last_block"] is True  # explicit options win
     assert "recon_defaults" not in metadata
     assert train_main(args + ["--recon-images", "65", "--out", str(tmp_path / "bad")]) == 2
-    assert "--recon-images (65) must not exceed --calib-images (64)" in capsys.readouterr().err
+    assert "recon_images (65) must not exceed calib_images (64)" in capsys.readouterr().err
 
 
 def test_generator_for_another_teacher_is_refused(generator_dir, tmp_path, capsys):
@@ -152,14 +154,17 @@ def test_generator_quality_report(generator_dir, weights_dir, cifar_test_dir, tm
 
 
 def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
-    from dfq.distill import Distiller
+    from safetensors.torch import load_file
+
+    from gznq.distill import Distiller
 
     ckpt = str(weights_dir / "resnet20-12fca82f.th")
     out = tmp_path / "sd"
-    args = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"generator:{generator_dir}",
+    base = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"generator:{generator_dir}",
             "--calib-images", "32", "--batch-size", "32", "--w-bits", "4", "--a-bits", "4", "--protocol", "paper",
-            "--method", "distill", "--refine-steps", "0", "--distill-steps", "4", "--distill-batch-size", "16", "--save-every", "2",
-            "--out", str(out)]
+            "--method", "distill", "--refine-steps", "0", "--distill-steps", "4", "--distill-batch-size", "16",
+            "--save-every", "2", "--generator-every", "2", "--no-progress", "--workers", "0"]
+    args = base + ["--out", str(out)]
     original = Distiller.step
     calls = {"n": 0}
 
@@ -172,13 +177,30 @@ def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, 
     monkeypatch.setattr(Distiller, "step", ctrl_c_on_third_step)
     assert train_main(args) == 130
     monkeypatch.setattr(Distiller, "step", original)
-    meta = json.loads((out / "student.json").read_text())
+    assert "continue with the same command and --resume" in capsys.readouterr().out
+    partial = tmp_path / "sd.partial"
+    assert not out.exists()  # nothing half-written where the student goes
+    meta = json.loads((partial / "student.json").read_text())
     assert meta["metadata"]["distill_step"] == 2
     # the interrupted run's student evaluates
-    assert eval_main(["--checkpoint", str(out), "--data", str(weights_dir.parent / "cifar10-jpeg" / "test"),
+    assert eval_main(["--checkpoint", str(partial), "--data", str(weights_dir.parent / "cifar10-jpeg" / "test"),
                       "--limit", "20", "--no-progress", "--workers", "0"]) == 0
+    assert train_main(args) == 2  # a new run would discard the interrupted one: it must be asked for
+    assert "holds an interrupted run; pass --resume" in capsys.readouterr().err
     assert train_main(args + ["--resume"]) == 0, capsys.readouterr().err
+    assert not partial.exists()
     report = json.loads((out / "report.json").read_text())
     assert report["distill_steps"] == 4 and report["method"] == "calibrate,distill"
     rows = (out / "distill_log.csv").read_text().splitlines()
-    assert rows[0].startswith("step,") and len(rows) >= 2
+    # columns known up front: every loss, the generator's too (averaged over the steps since the last row)
+    assert rows[0] == "step,seconds,kl,agree,g_bn,g_ce,g_div,g_adv" and len(rows) == 2
+    assert all(cell != "" for cell in rows[1].split(","))
+    assert (out / "distill_log.png").is_file()
+    # the resumed run ends where an uninterrupted one does
+    assert train_main(base + ["--out", str(tmp_path / "whole")]) == 0
+    resumed, whole = load_file(out / "student.safetensors"), load_file(tmp_path / "whole" / "student.safetensors")
+    assert resumed.keys() == whole.keys()
+    assert [k for k in whole if not torch.equal(resumed[k].nan_to_num(), whole[k].nan_to_num())] == []
+    # an existing student is replaced only when asked
+    assert train_main(args) == 2
+    assert "already holds a gznq student; pass --overwrite" in capsys.readouterr().err

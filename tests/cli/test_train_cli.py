@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from dfq.cli.eval_cli import main as eval_main
-from dfq.cli.train_cli import main as train_main
+from gznq.cli.eval_cli import main as eval_main
+from gznq.cli.train_cli import main as train_main
 
 
 def test_quantize_from_real_images_then_evaluate(weights_dir, cifar_train_dir, cifar_test_dir, tmp_path, capsys):
@@ -35,17 +35,18 @@ def test_unknown_source_kind_is_reported(tmp_path, capsys):
 
 
 def test_bits_out_of_range_are_reported(tmp_path, capsys):
-    code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--w-bits", "9",
-                       "--out", str(tmp_path)])
-    assert code == 2
-    assert "w_bits must be an integer from 2 to 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--w-bits", "9",
+                    "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "argument --w-bits: bits must be an integer from 2 to 8, got 9" in capsys.readouterr().err
 
 
 def test_negative_recon_augment_is_reported(tmp_path, capsys):
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "real:/x", "--method", "reconstruct",
                        "--recon-augment", "-1", "--out", str(tmp_path)])
     assert code == 2
-    assert "--recon-augment is a number of copies and must be >= 0, got -1" in capsys.readouterr().err
+    assert "recon_augment is a number of copies and must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_recon_augment_that_is_not_a_number_is_reported(tmp_path, capsys):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dfq.sources import Source, open_source
+from gznq.sources import Source, open_source
 from generators.augment import random_resized_crop
 from generators.network import normalize
 from generators.refine import RefineConfig, RefinedBatches, boundary_targets, optimize_logits, refine_images

@@ -6,7 +6,7 @@ from dfq.data import load_dataset, stratified_indices
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig, calibrate, calibration_mode, quantize_model, quantizers
-from dfq.sources import real_calibration_loader
+from gznq.sources import real_calibration_loader
 from tests.quant.helpers import randomize_bn, tiny_net
 
 

@@ -7,21 +7,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from dfq.data import load_dataset
-from dfq.models.spec import InputSpec
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from generators.refine import RefineConfig
+from dfq.data import load_dataset
+from dfq.io import atomic_write
+from dfq.models.spec import InputSpec
+from generators.checkpoint import load_generator, teacher_fingerprint
+from generators.network import normalize
+from generators.pixel_opt import load_pixels
+from generators.refine import RefineConfig, RefinedBatches
+from generators.stream import SyntheticStream
 
 SOURCE_KINDS = ("real", "generator", "pixels")
 
@@ -41,7 +47,7 @@ def parse_source(text: str) -> Source:
     Raises:
         ValueError: no kind, or an unknown kind.
     """
-    kind, sep, path = text.partition(":")
+    kind, sep, path = str(text).partition(":")
     if not sep or not path:
         raise ValueError(f"source {text!r} must look like KIND:PATH, e.g. real:../shared/assets/cifar10-jpeg/train")
     if kind not in SOURCE_KINDS:
@@ -95,19 +101,57 @@ def open_source(
                                        num_workers=num_workers)
     device = next(teacher.parameters()).device
     if source.kind == "generator":
-        from generators.checkpoint import load_generator
-        from generators.refine import RefinedBatches
-        from generators.stream import SyntheticStream
-
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
                                  num_batches=math.ceil(num_images / batch_size), device=device, normalized=not refining)
         return RefinedBatches(stream, teacher, spec, refine, seed=seed) if refining else stream
-    from generators.network import normalize
-    from generators.pixel_opt import load_pixels
-
     images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
     if num_images > len(labels):
         raise ValueError(f"asked for {num_images} images but the pixel set {source.path} holds {len(labels)}")
     images = normalize(images[:num_images], spec.mean, spec.std)
     return DataLoader(TensorDataset(images.to(device), labels[:num_images].to(device)), batch_size=batch_size)
+
+
+def check_source(source: Source) -> None:
+    """Refuse a source whose path is not there, before any work is done.
+
+    Raises:
+        FileNotFoundError: the path does not exist, with the command that makes it.
+    """
+    if source.path.exists():
+        return
+    make = {"real": "an ImageFolder directory (one subfolder per class) or a CIFAR root",
+            "generator": "a generator directory made by `train.py generator`",
+            "pixels": "a pixel set made by `train.py pixels`"}[source.kind]
+    raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
+
+
+def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, num_images: int,
+              batch_size: int, seed: int, refine: RefineConfig | None = None, workers: int = 0,
+              cache_dir: str | Path | None = None, progress: bool = False) -> tuple[list[torch.Tensor], float, bool]:
+    """`num_images` normalized images of `source` as a list of batches (labels dropped), made with
+    `open_source`, and the seconds their making took. With `cache_dir`, a set made before with the same
+    teacher, source, count, batch size, seed and refinement is read from there instead (its making's seconds
+    are returned, so that times stay comparable) and a new one is kept there.
+
+    Returns:
+        (batches, seconds of making, whether the set came from the cache).
+    """
+    key = repr((teacher_name, teacher_fingerprint(teacher), str(source), num_images, batch_size, seed, refine))
+    file = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None
+    if file is not None and file.is_file():
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        if saved.get("key") != key:
+            raise ValueError(f"{file} holds another image set ({saved.get('key')}); remove it")
+        device = next(teacher.parameters()).device
+        return [x.to(device) for x in saved["images"]], float(saved["seconds"]), True
+    start = time.perf_counter()
+    batches = open_source(source, teacher=teacher, teacher_name=teacher_name, spec=spec, num_images=num_images,
+                          batch_size=batch_size, seed=seed, num_workers=workers, refine=refine)
+    desc = "refine images" if refine is not None and refine.steps > 0 else "load images"
+    images = [x for x, _ in tqdm(batches, desc=desc, disable=not progress, leave=False)]
+    seconds = time.perf_counter() - start
+    if file is not None:
+        record = {"key": key, "images": [x.cpu() for x in images], "seconds": seconds}
+        atomic_write(file, lambda tmp: torch.save(record, tmp))
+    return images, seconds, False

@@ -8,26 +8,41 @@ import sys
 
 import torch
 
-from dfq.cli.common import default_device, default_workers, format_table, tune_allocator, write_json_atomic
-from dfq.data import build_eval_loader
+from dfq.data import SPLITS, build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import is_student_dir, load_student
+from gznq.cli.common import (
+    HelpFormatter,
+    default_device,
+    default_workers,
+    error_message,
+    format_table,
+    positive_int,
+    tune_allocator,
+    write_json_atomic,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gznq-eval", description="Evaluate a model on real images: top-1, top-5, time.")
+    p = argparse.ArgumentParser(prog="gznq-eval", description="Evaluate a model on real images: top-1, top-5, time.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--model", help="teacher name: cifar10_resnet20 ..., tv:<name> or timm:<name> "
                                    "(optional when --checkpoint is a student directory)")
     p.add_argument("--data", help="real images: ImageFolder directory (class subfolders) or torchvision CIFAR root "
                                   "(with --generator: the reference for diversity, optional)")
     p.add_argument("--generator", help="report the quality of this generator's data for --model instead")
-    p.add_argument("--num-images", type=int, default=2048, help="with --generator: samples to judge")
+    p.add_argument("--num-images", type=positive_int, default=2048, help="with --generator: samples to judge")
     p.add_argument("--checkpoint", help="teacher weights file, or a student directory written by `train.py quantize`")
     p.add_argument("--teacher-checkpoint", help="weights of a student's teacher (default: as recorded, else the zoo's)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a teacher checkpoint that holds pickled Python objects besides its tensors (loading "
+                        "them can run code from the file: only for files you trust)")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
-    p.add_argument("--limit", type=int, help="evaluate a class-balanced subset of this many images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--split", default="all", choices=SPLITS,
+                   help="which images of --data: all, or the select / report halves (README, Results)")
+    p.add_argument("--limit", type=positive_int, help="evaluate a class-balanced subset of this many images")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--workers", type=int, default=default_workers(), help="data loading processes")
     p.add_argument("--device", default=default_device())
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -42,11 +57,11 @@ def _load_models(args: argparse.Namespace):
         if args.model and args.model != name:
             raise ValueError(f"--model {args.model} but the student at {args.checkpoint} was made from {name}")
         teacher_ckpt = args.teacher_checkpoint or meta["metadata"].get("teacher_checkpoint")
-        teacher, spec = create_teacher(name, checkpoint=teacher_ckpt)
+        teacher, spec = create_teacher(name, checkpoint=teacher_ckpt, trust_checkpoint=args.trust_checkpoint)
         return student, teacher.to(args.device), spec, f"{name} (student)"
     if not args.model:
         raise ValueError("--model is required unless --checkpoint is a student directory")
-    model, spec = create_teacher(args.model, checkpoint=args.checkpoint)
+    model, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     model.to(args.device, memory_format=torch.channels_last)  # about 1.3x faster convolutions on CPU
     return model, None, spec, args.model
 
@@ -59,7 +74,7 @@ def run_generator_report(args: argparse.Namespace) -> dict:
 
     if not args.model:
         raise ValueError("--generator needs --model, the teacher to judge its samples with")
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     teacher.to(args.device)
     generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher, device=args.device)
     stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=args.batch_size, seed=12345,
@@ -88,13 +103,13 @@ def run(args: argparse.Namespace) -> dict:
     if not args.data:
         raise ValueError("--data is required: the real images to evaluate on")
     model, teacher, spec, name = _load_models(args)
-    loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, num_workers=args.workers)
+    loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, split=args.split,
+                               num_workers=args.workers)
     result = evaluate(model, loader, teacher=teacher, progress=not args.no_progress, desc=name)
-    payload = {"model": name, "checkpoint": args.checkpoint, "data": str(args.data), "limit": args.limit,
-               **result.to_dict()}
+    payload = {"model": name, "checkpoint": args.checkpoint, "data": str(args.data), "split": args.split,
+               "limit": args.limit, **result.to_dict()}
     columns = [("model", "model"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
     if teacher is not None:
-        payload["drop"] = result.teacher_top1 - result.top1
         columns += [("teacher_top1", "teacher %"), ("drop", "drop"), ("agreement", "agree %")]
     print(format_table([payload], columns + [("seconds", "seconds")]))
     if args.json_out:
@@ -108,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"gznq-eval: error: {exc}", file=sys.stderr)
+        print(f"gznq-eval: error: {error_message(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,87 +9,98 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from dfq.cli.common import default_device
-from dfq.cli.refine_args import add_refine_arguments, refine_from_args
+from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BN_LOSSES
 from generators.checkpoint import check_teacher, load_generator
 from generators.network import GeneratorConfig
-from generators.pixel_opt import PixelOptConfig, optimize_pixels, save_pixels
+from generators.pixel_opt import PIXELS_META, PixelOptConfig, optimize_pixels, save_pixels
 from generators.refine import RefinedBatches
 from generators.stream import SyntheticStream
 from generators.trainer import GeneratorTrainConfig, train_generator
+from gznq.cli.common import HelpFormatter, add_teacher_arguments, default_device, positive_int
+from gznq.cli.refine_args import add_refine_arguments, refine_from_args
+from gznq.outdir import check_output, publish_output, start_output
 
 _TRAIN_DEFAULTS = GeneratorTrainConfig()
 _GEN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
+SAMPLES_META = "samples.json"
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("generator", help="train a conditional generator on a teacher's BatchNorm statistics")
-    p.add_argument("--model", required=True, help="teacher name")
-    p.add_argument("--checkpoint", help="local weights file for the teacher")
-    p.add_argument("--steps", type=int, default=_TRAIN_DEFAULTS.steps)
-    p.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size)
+    p = sub.add_parser("generator", help="train a conditional generator on a teacher's BatchNorm statistics",
+                       formatter_class=HelpFormatter)
+    add_teacher_arguments(p)
+    p.add_argument("--steps", type=positive_int,
+                   help=f"training steps (default: {_TRAIN_DEFAULTS.steps}; with --resume: the run's own total, "
+                        "or a larger total to train further)")
+    p.add_argument("--batch-size", type=positive_int, default=_TRAIN_DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS.lr)
     p.add_argument("--bn-loss", default=_TRAIN_DEFAULTS.bn_loss, choices=list(BN_LOSSES))
     p.add_argument("--bn-weight", type=float, default=_TRAIN_DEFAULTS.bn_weight)
     p.add_argument("--diversity-weight", type=float, default=_TRAIN_DEFAULTS.diversity_weight)
     p.add_argument("--tv-weight", type=float, default=_TRAIN_DEFAULTS.tv_weight)
-    p.add_argument("--label-smoothing", type=float, default=_TRAIN_DEFAULTS.label_smoothing)
-    p.add_argument("--width", type=int, default=_GEN_DEFAULTS["width"], help="channels of the first feature map")
-    p.add_argument("--latent-dim", type=int, default=_GEN_DEFAULTS["latent_dim"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-smoothing", type=float, default=_TRAIN_DEFAULTS.label_smoothing, help="in [0, 1)")
+    p.add_argument("--width", type=positive_int, default=_GEN_DEFAULTS["width"], help="channels of the first feature map")
+    p.add_argument("--latent-dim", type=positive_int, default=_GEN_DEFAULTS["latent_dim"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and every random draw")
     p.add_argument("--out", required=True, help="directory for checkpoints, losses.csv and sample grids")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--device", default=default_device())
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_generator)
 
-    p = sub.add_parser("sample", help="write generated images as an ImageFolder of PNGs")
+    p = sub.add_parser("sample", help="write generated images as an ImageFolder of PNGs", formatter_class=HelpFormatter)
     p.add_argument("--generator", required=True, help="generator directory")
-    p.add_argument("--num-images", type=int, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--num-images", type=positive_int, required=True)
+    p.add_argument("--out", required=True, help="directory for the images (written as OUT.partial, renamed when done)")
+    p.add_argument("--overwrite", action="store_true", help="replace the sample set already in --out")
     p.add_argument("--classes", help="comma-separated class indices (default: all, balanced)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     add_refine_arguments(p, steps_default=0,
                          steps_help="refine each batch this many steps against the teacher's BN statistics, as "
                                     "`quantize` does (needs the teacher: its name comes from the generator, its "
                                     "weights from --checkpoint or the usual places)")
     p.add_argument("--checkpoint", help="local weights file for the teacher (only with --refine-steps)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a teacher checkpoint that holds pickled Python objects (only for files you trust)")
     p.add_argument("--device", default=default_device())
     p.set_defaults(func=run_sample)
 
-    p = sub.add_parser("pixels", help="baseline: optimize a fixed set of images directly on the BN losses")
-    p.add_argument("--model", required=True)
-    p.add_argument("--checkpoint")
-    p.add_argument("--num-images", type=int, default=2048)
-    p.add_argument("--iterations", type=int, default=PixelOptConfig.iterations)
-    p.add_argument("--batch-size", type=int, default=PixelOptConfig.batch_size)
+    p = sub.add_parser("pixels", help="baseline: optimize a fixed set of images directly on the BN losses",
+                       formatter_class=HelpFormatter)
+    add_teacher_arguments(p)
+    p.add_argument("--num-images", type=positive_int, default=2048)
+    p.add_argument("--iterations", type=positive_int, default=PixelOptConfig.iterations)
+    p.add_argument("--batch-size", type=positive_int, default=PixelOptConfig.batch_size)
     p.add_argument("--bn-loss", default="kl", choices=list(BN_LOSSES))
     p.add_argument("--ce-weight", type=float, default=PixelOptConfig.ce_weight)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace the pixel set already in --out")
     p.add_argument("--device", default=default_device())
     p.set_defaults(func=run_pixels)
 
 
 def run_generator(args: argparse.Namespace) -> None:
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
-    teacher.to(args.device, memory_format=torch.channels_last)
     config = GeneratorTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, bn_loss=args.bn_loss, bn_weight=args.bn_weight,
-        diversity_weight=args.diversity_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing,
-        seed=args.seed,
+        steps=args.steps or _TRAIN_DEFAULTS.steps, batch_size=args.batch_size, lr=args.lr, bn_loss=args.bn_loss,
+        bn_weight=args.bn_weight, diversity_weight=args.diversity_weight, tv_weight=args.tv_weight,
+        label_smoothing=args.label_smoothing, seed=args.seed,
     )
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    teacher.to(args.device, memory_format=torch.channels_last)
     gen_config = GeneratorConfig(num_classes=spec.num_classes, image_size=spec.image_size, width=args.width,
                                  latent_dim=args.latent_dim, channels=spec.channels)
     train_generator(teacher, spec, args.out, teacher_name=args.model, gen_config=gen_config, config=config,
-                    resume=args.resume, progress=not args.no_progress)
-    print(f"generator written to {args.out} (samples.png, losses.csv)")
+                    resume=args.resume, steps=args.steps if args.resume else None, progress=not args.no_progress)
+    print(f"generator written to {args.out} (samples.png, losses.csv, losses.png)")
 
 
 def run_sample(args: argparse.Namespace) -> None:
+    check_output(args.out, kind="gznq sample set", is_ours=lambda p: (p / SAMPLES_META).is_file(),
+                 overwrite=args.overwrite)
     generator, meta = load_generator(args.generator, device=args.device)
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     batch = min(args.batch_size, args.num_images)
@@ -98,29 +109,38 @@ def run_sample(args: argparse.Namespace) -> None:
                              normalized=False)
     refine = refine_from_args(args)
     if refine.steps:
-        teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint)
+        teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint,
+                                       trust_checkpoint=args.trust_checkpoint)
         teacher.to(args.device)
         check_teacher(meta, teacher=teacher, path=args.generator)  # refuses other weights
         stream = RefinedBatches(stream, teacher, spec, refine, seed=args.seed, normalized=False)
-    out = Path(args.out)
+    work = start_output(args.out)
     digits = len(str(generator.config.num_classes - 1))
     written = 0
     for images, labels in stream:
         for image, label in zip(images, labels):
             if written == args.num_images:
                 break
-            folder = out / f"{int(label):0{digits}d}"
+            folder = work / f"{int(label):0{digits}d}"
             folder.mkdir(parents=True, exist_ok=True)
             save_image(image, folder / f"{written:07d}.png")
             written += 1
-    print(f"wrote {written} images to {out}")
+    write_json_atomic(work / SAMPLES_META, {"generator": str(args.generator), "teacher": meta["teacher"],
+                                            "num_images": written, "seed": args.seed, "classes": classes,
+                                            "refine": dataclasses.asdict(refine)})
+    publish_output(work, args.out)
+    print(f"wrote {written} images to {args.out}")
 
 
 def run_pixels(args: argparse.Namespace) -> None:
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
+    check_output(args.out, kind="gznq pixel set", is_ours=lambda p: (p / PIXELS_META).is_file(),
+                 overwrite=args.overwrite)
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     teacher.to(args.device, memory_format=torch.channels_last)
     config = PixelOptConfig(num_images=args.num_images, iterations=args.iterations, batch_size=args.batch_size,
                             bn_loss=args.bn_loss, ce_weight=args.ce_weight, seed=args.seed)
     images, labels, seconds = optimize_pixels(teacher, spec, config)
-    save_pixels(args.out, images, labels, teacher=args.model, config=config, seconds=seconds)
+    work = start_output(args.out)
+    save_pixels(work, images, labels, teacher=args.model, config=config, seconds=seconds)
+    publish_output(work, args.out)
     print(f"{len(labels)} pixel-optimized images written to {args.out} in {seconds:.0f} s")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfq.cli import generator_cmd, quantize_cmd
-from dfq.cli.common import tune_allocator
+from gznq.cli import generator_cmd, quantize_cmd
+from gznq.cli.common import error_message, tune_allocator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        print(f"gznq-train {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gznq-train {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.losses import kd_loss
 from dfq.models.spec import InputSpec
+from dfq.modes import frozen, restored
 from dfq.quant.calibrate import quantizers
 from generators.bn_stats import BN_LOSSES
 from generators.network import ConditionalGenerator, normalize
@@ -57,7 +59,7 @@ class DistillConfig:
     nesterov: bool = True
     weight_decay: float = 0.0
     scale_lr: float = 1e-4
-    weight_scales: bool = True
+    weight_scales: bool | None = None  # None: learned here; the pipeline keeps them after a reconstruction
     temperature: float = 4.0  # at 1 the student soon matches the teacher's near one-hot outputs: no signal
     kl_weight: float = 1.0
     ce_weight: float = 0.0
@@ -115,42 +117,20 @@ def gdfq_recipe(steps: int, *, batch_size: int = 128, seed: int = 0) -> DistillC
     )
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch."""
-    t = temperature
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
-
-
 @contextlib.contextmanager
-def student_training_mode(student: nn.Module, *, freeze_bn: bool):
-    """Train mode for the student, with its BatchNorm layers in eval mode when `freeze_bn`; restores the
-    previous modes on exit."""
-    modes = {m: m.training for m in student.modules()}
-    try:
+def student_training_mode(student: nn.Module, *, freeze_bn: bool, frozen_parameters: bool = False):
+    """Train mode for the student, with its BatchNorm layers in eval mode when `freeze_bn` and no parameter
+    requiring grad when `frozen_parameters` (gradients still reach its input); restored on exit."""
+    with restored(student):
         student.train()
         if freeze_bn:
             for m in student.modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
+        if frozen_parameters:
+            for p in student.parameters():
+                p.requires_grad_(False)
         yield student
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-@contextlib.contextmanager
-def frozen_parameters(module: nn.Module):
-    """Parameters of `module` do not require grad within the block (gradients still flow through it)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def cycle(loader: Iterable) -> Iterator:
@@ -181,9 +161,6 @@ class Distiller:
         self.student, self.teacher, self.generator, self.spec, self.config = student, teacher, generator, spec, config
         self.batches = cycle(batches) if batches is not None else None
         c = config
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
         self.act_quantizers = [q for n, q in quantizers(student) if n.endswith("input_quantizer")]
         self.weight_quantizers = [q for n, q in quantizers(student) if n.endswith("weight_quantizer")]
         for q in self.weight_quantizers:
@@ -193,7 +170,7 @@ class Distiller:
             q.set_learnable(learn_scales)
         if not c.dynamic_weights:  # dynamic weight ranges come from each forward, not from a learned scale
             for q in self.weight_quantizers:
-                q.set_learnable(learn_scales and c.weight_scales)
+                q.set_learnable(learn_scales and c.weight_scales is not False)
         scales = [q.scale for q in self.act_quantizers + self.weight_quantizers if q.scale.requires_grad]
         scale_ids = {id(p) for p in scales}
         weights = [p for p in student.parameters() if p.requires_grad and id(p) not in scale_ids]
@@ -219,6 +196,15 @@ class Distiller:
         self.step_index = 0
         self._set_tracking()
 
+    @property
+    def log_columns(self) -> list[str]:
+        """The losses `step()` can return under this config, in a fixed order: the columns of a log."""
+        c = self.config
+        columns = ["kl"] + (["ce"] if c.ce_weight else []) + (["feat"] if c.feature_weight else []) + ["agree"]
+        if self.generator is not None and c.generator_every:
+            columns += ["g_bn", "g_ce", "g_div"] + (["g_adv"] if c.adversarial_weight > 0 else [])
+        return columns
+
     def _set_tracking(self) -> None:
         tracking = self.step_index < self.config.act_ema_steps
         for q in self.act_quantizers:
@@ -232,7 +218,7 @@ class Distiller:
         parts = {"g_bn": gen_parts["bn"], "g_ce": gen_parts["ce"], "g_div": gen_parts["div"]}
         inputs = normalize(x, self.spec.mean, self.spec.std)
         if c.adversarial_weight > 0 and self.step_index >= c.warmup_steps:
-            with student_training_mode(self.student, freeze_bn=True), frozen_parameters(self.student):
+            with student_training_mode(self.student, freeze_bn=True, frozen_parameters=True):
                 s_logits = self.student(inputs)
             with torch.no_grad():
                 t_logits = self.teacher(inputs)
@@ -302,11 +288,13 @@ class Distiller:
 
     def step(self) -> dict:
         """One step: a generator update when due (or a fresh batch without one), then a student update
-        unless still in the generator warm-up. Returns the losses of the step."""
-        self._set_tracking()
-        inputs, y, parts = self._next_batch()
-        if self.step_index >= self.config.warmup_steps:
-            parts.update(self._student_step(inputs, y))
+        unless still in the generator warm-up. Returns the losses of the step (a subset of `log_columns`).
+        The teacher is used frozen and in eval mode, and left as it was."""
+        with frozen(self.teacher):
+            self._set_tracking()
+            inputs, y, parts = self._next_batch()
+            if self.step_index >= self.config.warmup_steps:
+                parts.update(self._student_step(inputs, y))
         self.step_index += 1
         return parts
 
@@ -332,24 +320,32 @@ class Distiller:
 def run_distillation(distiller: Distiller, *, on_log: Callable[[int, dict, float], None] | None = None,
                      on_checkpoint: Callable[[], None] | None = None, log_every: int = 10, save_every: int = 200,
                      progress: bool = True) -> None:
-    """Step `distiller` to its configured number of steps, calling `on_log(step, parts, seconds)` every
+    """Step `distiller` to its configured number of steps, calling `on_log(step, losses, seconds)` every
     `log_every` steps and `on_checkpoint()` every `save_every` steps, at the end, and on Ctrl-C (which is
-    then re-raised)."""
+    then re-raised). `losses` has every key of `distiller.log_columns`: the mean of that loss over the steps
+    since the last log, or None where none of them computed it (a generator loss between generator updates)."""
     from tqdm.auto import tqdm
 
     c = distiller.config
     bar = tqdm(total=c.steps, initial=distiller.step_index, desc="distill", disable=not progress)
     elapsed = 0.0
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     try:
         while distiller.step_index < c.steps:
             start = time.perf_counter()
             parts = distiller.step()
             elapsed += time.perf_counter() - start
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             bar.update(1)
             s = distiller.step_index
             if on_log is not None and (s % log_every == 0 or s == c.steps):
-                on_log(s, parts, elapsed)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k in ("kl", "agree", "g_bn")})
+                means = {k: sums[k] / counts[k] if counts.get(k) else None for k in distiller.log_columns}
+                on_log(s, means, elapsed)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k in ("kl", "agree", "g_bn") and v is not None})
+                sums, counts = {}, {}
             if on_checkpoint is not None and (s % save_every == 0 or s == c.steps):
                 on_checkpoint()
     except KeyboardInterrupt:

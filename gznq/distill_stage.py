@@ -1,0 +1,119 @@
+"""The distillation stage of the pipeline: its data, checkpoints, log and resume."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dfq.data import load_dataset
+from dfq.io import atomic_write
+from dfq.models.spec import InputSpec
+from dfq.plots import plot_log
+from generators.checkpoint import load_generator
+from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.pixel_opt import load_pixels
+from gznq.distill import Distiller, DistillConfig, run_distillation
+from gznq.sources import Source
+
+STATE_FILE = "distill_state.pt"
+LOG_FILE = "distill_log.csv"
+PLOT_FILE = "distill_log.png"
+
+
+def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, config: DistillConfig,
+                 seed: int, fresh_generator: bool = False, workers: int = 2):
+    """(generator, batches) for the Distiller, exactly one of them set: the source's generator in the loop
+    (or, with `fresh_generator`, an untrained one of the default architecture, as the GDFQ recipe trains its
+    own), or the real or pixel images cycled in shuffled batches."""
+    device = next(teacher.parameters()).device
+    if source.kind == "generator":
+        if fresh_generator:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                generator = ConditionalGenerator(GeneratorConfig(num_classes=spec.num_classes,
+                                                                 image_size=spec.image_size))
+            return generator.to(device), None
+        generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
+        return generator, None
+    if fresh_generator:
+        raise ValueError("a fresh generator in the loop needs a generator source")
+    shuffle = torch.Generator().manual_seed(seed)
+    if source.kind == "real":
+        ds = load_dataset(source.path, spec, train=True)
+        return None, DataLoader(ds, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                                generator=shuffle, persistent_workers=workers > 0)
+    images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
+    ds = TensorDataset(normalize(images, spec.mean, spec.std), labels)
+    return None, DataLoader(ds, batch_size=min(config.batch_size, len(ds)), shuffle=True, drop_last=True,
+                            generator=shuffle)
+
+
+def load_distill_state(work: Path) -> dict:
+    """The checkpoint of an interrupted distillation in `work`.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: the file cannot be read.
+    """
+    path = work / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume in {str(work)!r}: {STATE_FILE} is missing (the run was "
+                                "interrupted before its first distillation checkpoint)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{str(path)!r} cannot be read ({type(exc).__name__}: {exc}); delete it to start "
+                         "the distillation again") from exc
+
+
+def run_distill_stage(distiller: Distiller, work: Path | None, *, save: Callable[[Path], None] | None = None,
+                      extra_state: dict | None = None, save_every: int = 200, progress: bool = True) -> None:
+    """Run `distiller` to its last step. With a working directory, every `save_every` steps (and on Ctrl-C)
+    write `distill_state.pt` (the Distiller's state plus `extra_state`) and call `save(work)` so that the
+    student there evaluates at that step; log the mean of every loss of `distiller.log_columns` over each 10
+    steps to `distill_log.csv` (columns fixed up front, empty where a loss was not computed in the window),
+    and plot it to `distill_log.png` at the end."""
+    if work is None:
+        run_distillation(distiller, progress=progress)
+        return
+    log_path = work / LOG_FILE
+    columns = ["step", "seconds", *distiller.log_columns]
+    fresh = not log_path.exists() or log_path.stat().st_size == 0
+    if not fresh:
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows[0] != columns:
+            raise ValueError(f"{log_path} has columns {rows[0]}, this distillation logs {columns}; it is not "
+                             "the log of the run being resumed")
+        # rows logged after the checkpoint being resumed from are logged again
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= distiller.step_index]
+        atomic_write(log_path, lambda tmp: _write_rows(tmp, kept))
+    with open(log_path, "a", newline="") as log_file:
+        writer = csv.DictWriter(log_file, fieldnames=columns)
+        if fresh:
+            writer.writeheader()
+
+        def on_log(step: int, losses: dict, seconds: float) -> None:
+            writer.writerow({"step": step, "seconds": round(seconds, 2),
+                             **{k: "" if v is None else round(v, 6) for k, v in losses.items()}})
+            log_file.flush()
+
+        def on_checkpoint() -> None:
+            state = {**distiller.state_dict(), **(extra_state or {})}
+            atomic_write(work / STATE_FILE, lambda tmp: torch.save(state, tmp))
+            if save is not None:
+                save(work)
+
+        run_distillation(distiller, on_log=on_log, on_checkpoint=on_checkpoint, save_every=save_every,
+                         progress=progress)
+    plot_log(log_path, work / PLOT_FILE, title="distillation")
+
+
+def _write_rows(path: str, rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)

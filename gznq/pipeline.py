@@ -1,0 +1,279 @@
+"""The data-free pipeline as one verb: source -> refine -> calibrate -> reconstruct -> distill -> evaluate.
+
+    from gznq import PipelineConfig, run_pipeline
+    result = run_pipeline(PipelineConfig(source="generator:runs/generator_resnet20", methods=("reconstruct",),
+                                         quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper",
+                                                           weight_observer="mse", act_observer="mse"),
+                                         eval_data="../shared/assets/cifar10-jpeg/test", out="runs/r20_w4a4"))
+    result.report["drop"]
+
+`train.py quantize` builds a PipelineConfig from its options and calls `run_pipeline`; so does the benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dfq.data import SPLITS, build_eval_loader
+from dfq.evaluate import evaluate
+from dfq.io import write_json_atomic
+from dfq.models import Teacher, create_teacher
+from dfq.quant import QuantConfig, load_student, quantize_model, save_student, summarize
+from dfq.quant.calibrate import calibrate
+from dfq.quant.recon_defaults import recon_defaults
+from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
+from dfq.quant.serialization import is_student_dir
+from generators.augment import with_jittered_copies
+from generators.refine import RefineConfig
+from gznq.distill import Distiller, DistillConfig
+from gznq.distill_stage import distill_data, load_distill_state, run_distill_stage
+from gznq.outdir import check_output, partial_dir, publish_output, start_output
+from gznq.sources import check_source, image_set, parse_source
+
+METHODS = ("calibrate", "reconstruct", "distill")
+REPORT_FILE = "report.json"
+
+
+def _mse_quant() -> QuantConfig:
+    return QuantConfig(weight_observer="mse", act_observer="mse")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One data-free quantization run.
+
+    model, checkpoint, trust_checkpoint: the teacher (see `dfq.create_teacher`). source: where calibration
+    images come from, `real:DIR`, `generator:DIR` or `pixels:DIR` (`gznq.sources`). quant: how the student is
+    quantized (the default: W8A8 `deploy` with MSE observers for weights and activations). methods: the chain
+    after calibration, which always runs first: "reconstruct" and/or "distill".
+
+    calib_images, batch_size: the calibration set, made (and for a generator refined with `refine`) in
+    batches of batch_size; refinement matches each batch's BN statistics as a whole. recon: block-wise
+    reconstruction; it runs on the first recon_images calibration images (all of them when None) with
+    recon_from_calib, else on a separate draw of recon_images (1,024 when None). recon_augment: jittered
+    copies of the reconstruction set added to it; it and `recon.last_block`, when None, are chosen by the
+    setting and source (`dfq.quant.recon_defaults`). distill: the distillation; its `weight_scales`, when
+    None, are kept after a reconstruction (whose rounding holds for their grid only) and learned otherwise.
+    fresh_generator: distill with an untrained generator in the loop (the GDFQ recipe trains its own).
+
+    eval_data, eval_split, eval_limit: real images to evaluate the student on beside its teacher (`split`:
+    "all", or the "select" / "report" halves, `dfq.data.split_indices`). out: the student directory (None:
+    nothing is written); it is written to OUT.partial and renamed at the end; an existing student there is
+    replaced only with overwrite; resume continues an interrupted distillation from OUT.partial.
+    image_cache: a directory keeping the (refined) calibration sets, so a run with other bits on the same
+    images skips their making (`gznq.sources.image_set`).
+    """
+
+    source: str
+    model: str = "cifar10_resnet20"
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+    quant: QuantConfig = field(default_factory=_mse_quant)
+    methods: tuple[str, ...] = ("calibrate",)
+    calib_images: int = 2048
+    batch_size: int = 256
+    refine: RefineConfig = RefineConfig()
+    recon: ReconstructConfig = ReconstructConfig()
+    recon_images: int | None = None
+    recon_from_calib: bool = True
+    recon_augment: int | None = None
+    distill: DistillConfig = DistillConfig()
+    fresh_generator: bool = False
+    seed: int = 0
+    eval_data: str | None = None
+    eval_split: str = "all"
+    eval_limit: int | None = None
+    out: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    save_every: int = 200
+    image_cache: str | None = None
+    device: str | None = None
+    workers: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        methods = [m for m in self.methods if m != "calibrate"]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", ("calibrate", *dict.fromkeys(methods)))
+        source = parse_source(self.source)
+        if self.calib_images < 1 or self.batch_size < 1:
+            raise ValueError(f"calib_images and batch_size must be positive, got {self.calib_images} and "
+                             f"{self.batch_size}")
+        if self.recon_augment is not None and self.recon_augment < 0:
+            raise ValueError(f"recon_augment is a number of copies and must be >= 0, got {self.recon_augment}")
+        if self.recon_images is not None and self.recon_images < 1:
+            raise ValueError(f"recon_images must be positive, got {self.recon_images}")
+        if self.recon_from_calib and (self.recon_images or 0) > self.calib_images:
+            raise ValueError(f"reconstruction on calibration images: recon_images ({self.recon_images}) must not "
+                             f"exceed calib_images ({self.calib_images})")
+        if self.eval_split not in SPLITS:
+            raise ValueError(f"unknown eval split {self.eval_split!r}; choose one of {', '.join(SPLITS)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"eval_limit must be positive, got {self.eval_limit}")
+        if self.resume and "distill" not in self.methods:
+            raise ValueError("resume continues an interrupted distillation; add distill to the methods")
+        if (self.resume or self.overwrite) and self.out is None:
+            raise ValueError("resume and overwrite need an output directory (out)")
+        if self.fresh_generator and ("distill" not in self.methods or source.kind != "generator"):
+            raise ValueError("fresh_generator distills with an untrained generator: it needs distill and a "
+                             "generator source")
+        if self.save_every < 1:
+            raise ValueError(f"save_every must be positive, got {self.save_every}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PipelineResult:
+    """The student (in eval mode) and the report written to OUT/report.json (also when nothing is written)."""
+
+    student: nn.Module
+    report: dict
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> PipelineResult:
+    """Run the data-free pipeline that `config` describes; see `PipelineConfig`.
+
+    Every input (source, evaluation data, output directory, teacher) is checked before any work. A teacher
+    already built (with its spec) may be passed instead of being created from `config.model`. Randomness is
+    seeded from `config.seed` and the caller's random state is left as it was.
+
+    Raises:
+        ValueError, FileNotFoundError, FileExistsError: bad input, named with the fix.
+        KeyboardInterrupt: re-raised after the interrupted run kept what it could (see OUT.partial).
+    """
+    c = config
+    source = parse_source(c.source)
+    check_source(source)
+    if c.eval_data is not None and not Path(c.eval_data).exists():
+        raise FileNotFoundError(f"evaluation data {c.eval_data!r} does not exist")
+    if c.out is not None:
+        check_output(c.out, kind="gznq student", is_ours=is_student_dir, overwrite=c.overwrite, resume=c.resume)
+    device = c.device or default_device()
+    if teacher is None:
+        teacher = create_teacher(c.model, checkpoint=c.checkpoint, trust_checkpoint=c.trust_checkpoint)
+    model, spec = teacher
+    model.to(device)
+    eval_loader = None
+    if c.eval_data is not None:  # built now, so that a bad folder fails before the work
+        eval_loader = build_eval_loader(c.eval_data, spec, split=c.eval_split, limit=c.eval_limit,
+                                        num_workers=c.workers)
+    synthetic = source.kind != "real"
+    options = recon_defaults(c.quant.protocol, c.quant.w_bits, c.quant.a_bits, synthetic=synthetic,
+                             augment=c.recon_augment, last_block=c.recon.last_block)
+    work = start_output(c.out, resume=c.resume) if c.out is not None else None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            student, report = _run(c, source, model, spec, options, work)
+    except KeyboardInterrupt:
+        if work is not None and not (work / "distill_state.pt").exists():
+            shutil.rmtree(work, ignore_errors=True)  # nothing there a resume could use
+        raise
+    if eval_loader is not None:
+        evaluated = load_student(work, device=device)[0] if work is not None else student
+        result = evaluate(evaluated, eval_loader, teacher=model, progress=c.progress, desc="student+teacher")
+        evaluation = result.to_dict()
+        evaluation["eval_seconds"] = evaluation.pop("seconds")  # "seconds" stays the quantization's time
+        report.update(evaluation, eval_data=c.eval_data, eval_split=c.eval_split, eval_limit=c.eval_limit)
+    if work is not None:
+        report["student"] = str(c.out)
+        write_json_atomic(work / REPORT_FILE, report)
+        publish_output(work, c.out)
+    return PipelineResult(student.eval(), report)
+
+
+def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Path | None) -> tuple[nn.Module, dict]:
+    """Quantize, calibrate, reconstruct and distill as `c` says; returns the student and the report so far."""
+    start = time.perf_counter()
+    student = quantize_model(teacher, c.quant)
+    refine = c.refine if source.kind == "generator" and c.refine.steps > 0 else None
+    state = load_distill_state(work) if c.resume else None
+    if state is not None:  # the student, its metadata and its records come from the interrupted run
+        metadata, records = state["run"]["metadata"], state["run"]["records"]
+    else:
+        records, data = _calibrate_and_reconstruct(c, source, teacher, spec, student, refine, options)
+        metadata = _metadata(c, source, refine, options, data)
+    if "distill" in c.methods:
+        distill = c.distill
+        if distill.weight_scales is None:
+            distill = dataclasses.replace(distill, weight_scales="reconstruct" not in c.methods)
+        generator, batches = distill_data(source, teacher=teacher, teacher_name=c.model, spec=spec, config=distill,
+                                          seed=c.seed, fresh_generator=c.fresh_generator, workers=c.workers)
+        distiller = Distiller(student, teacher, spec, distill, generator=generator, batches=batches)
+        if state is not None:
+            distiller.load_state_dict(state)
+
+        def save(directory: Path) -> None:
+            save_student(student, directory, config=c.quant, teacher=c.model,
+                         metadata={**metadata, "distill_step": distiller.step_index})
+
+        run_distill_stage(distiller, work, save=save, extra_state={"run": {"metadata": metadata, "records": records}},
+                          save_every=c.save_every, progress=c.progress)
+        records = {**records, "distill_steps": distiller.step_index, "distill_config": distill.to_dict()}
+    seconds = time.perf_counter() - start
+    metadata = {**metadata, "seconds": seconds}
+    if work is not None:
+        save_student(student, work, config=c.quant, teacher=c.model, metadata=metadata)
+    summary = summarize(student)
+    report = {"teacher": c.model, **metadata, "quant_config": c.quant.to_dict(),
+              "compression_ratio": summary.compression_ratio, "pipeline_config": c.to_dict(), **records}
+    return student, report
+
+
+def _calibrate_and_reconstruct(c: PipelineConfig, source, teacher, spec, student, refine, options) -> tuple[dict, dict]:
+    """Calibrate `student` on the source's images, then reconstruct it when asked; returns the report records
+    and how the images were made (seconds, whether they came from the cache)."""
+    def images(num_images: int, seed: int):
+        return image_set(source, teacher=teacher, teacher_name=c.model, spec=spec, num_images=num_images,
+                         batch_size=c.batch_size, seed=seed, refine=refine, workers=c.workers,
+                         cache_dir=c.image_cache, progress=c.progress)
+
+    calib, seconds, reused = images(c.calib_images, c.seed)
+    calibrate(student, calib, progress=c.progress)
+    data = {"image_seconds": seconds, "images_reused": reused}
+    if "reconstruct" not in c.methods:
+        return {}, data
+    if c.recon_from_calib:
+        recon_set = first_images(calib, c.recon_images or c.calib_images)
+    else:
+        recon_set, more, more_reused = images(c.recon_images or 1024, c.seed + 1)
+        data = {"image_seconds": seconds + more, "images_reused": reused and more_reused}
+    recon_set = with_jittered_copies(recon_set, options.augment, seed=c.seed + 2)
+    recon = dataclasses.replace(c.recon, last_block=options.last_block, seed=c.seed)
+    return {"reconstruct": reconstruct(student, teacher, recon_set, recon, progress=c.progress)}, data
+
+
+def _metadata(c: PipelineConfig, source, refine: RefineConfig | None, options, data: dict) -> dict:
+    """How the student was made, as recorded in student.json and report.json."""
+    metadata = {"method": ",".join(c.methods), "source": str(source), "calib_images": c.calib_images,
+                "batch_size": c.batch_size, "seed": c.seed, "teacher_checkpoint": c.checkpoint, **data}
+    if refine is not None:
+        metadata.update(refine_steps=refine.steps, refine_crop_scale=refine.crop_scale,
+                        refine_ce_weight=refine.ce_weight)
+    if "reconstruct" in c.methods:
+        metadata.update(recon_images=c.recon_images or (c.calib_images if c.recon_from_calib else 1024),
+                        recon_iters=c.recon.iterations, recon_drop=c.recon.drop_prob,
+                        recon_last_block=options.last_block, recon_from_calib=c.recon_from_calib,
+                        recon_augment=options.augment)
+        if options.why:
+            metadata["recon_defaults"] = options.why
+    return metadata
+
+
+__all__ = ["METHODS", "PipelineConfig", "PipelineResult", "default_device", "partial_dir", "run_pipeline"]
