@@ -146,3 +146,20 @@ def test_cli_keeps_weight_scales_after_reconstruction_unless_told():
     assert parse().distill.weight_scales is None
     assert parse("--distill-weight-scales").distill.weight_scales is True
     assert parse("--no-distill-weight-scales").distill.weight_scales is False
+
+
+def _generator_after_one_step(**kw):
+    teacher, student, generator = _setup()
+    d = Distiller(student, teacher, TINY_SPEC, _config(batch_size=16, **kw), generator=generator)
+    parts = d._generator_step()[2]
+    return {k: v.detach().clone() for k, v in generator.state_dict().items()}, parts
+
+
+def test_adversarial_bound_below_the_disagreement_removes_the_adversarial_gradient():
+    plain, _ = _generator_after_one_step(adversarial_weight=0.0)
+    bounded, parts = _generator_after_one_step(adversarial_weight=1.0, adversarial_bound=1e-9)
+    assert parts["g_adv"] > 1e-3  # far above the bound: the clamp holds the term constant
+    assert [k for k in plain if not torch.equal(plain[k], bounded[k])] == []
+    unbounded, _ = _generator_after_one_step(adversarial_weight=1.0, adversarial_bound=100.0)
+    changed = [k for k in plain if k.endswith("weight") and not torch.equal(plain[k], unbounded[k])]
+    assert changed  # the same step with the bound out of reach does feel the term

@@ -35,11 +35,20 @@ def test_calibrate_accepts_a_forward_loop_and_num_batches():
     calibrate(q, loop)
     assert calls == [1]
 
+    torch.manual_seed(0)
+    pulled = []
+
     def endless():
         while True:
-            yield torch.randn(2, 3, 8, 8)
+            pulled.append(torch.randn(2, 3, 8, 8))
+            yield pulled[-1]
 
-    calibrate(_quantized_tiny(), endless(), num_batches=2)
+    q = calibrate(_quantized_tiny(), endless(), num_batches=2)
+    assert len(pulled) == 2  # not one more: on a refined stream each batch costs seconds
+    assert all(qz._ready for name, qz in quantizers(q) if name.endswith("input_quantizer"))
+    with torch.no_grad():  # the second conv's range covers both batches (see test_range_matches_the_data_seen)
+        expected = q[2](q[1](q[0](torch.cat(pulled)))).max()
+    assert q[3].input_quantizer.range()[1].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_range_matches_the_data_seen():

@@ -113,3 +113,23 @@ def test_lsq_step_gradient_matches_finite_differences(axis):
         bump.view(-1)[i] = eps
         fd = (surrogate(s0 + bump) - surrogate(s0 - bump)) / (2 * eps)
         assert step.grad.view(-1)[i].item() == pytest.approx(fd.item() * factor, rel=1e-6, abs=1e-9)
+
+
+def test_lsq_with_a_zero_point_quantizes_and_sends_lsq_step_gradients():
+    s, z, qmin, qmax = 0.1, 3.0, 0, 15  # the grid covers [-0.3, 1.2]
+    # two below the grid, four inside (1.16 rounds to exactly qmax), two above
+    values = [-1.0, -0.5, -0.23, 0.04, 0.57, 1.16, 1.3, 2.0]
+    weights = [1.0, -2.0, 3.0, 0.5, -1.5, 2.5, 4.0, -3.0]  # distinct, so no region's terms can cancel another's
+    x = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+    out = lsq_fake_quantize(x, scale, torch.tensor(z, dtype=torch.float64), qmin, qmax)
+    (out * torch.tensor(weights, dtype=torch.float64)).sum().backward()
+
+    codes = [round(v / s) + z for v in values]
+    expected_out = [(min(max(c, qmin), qmax) - z) * s for c in codes]
+    assert out.tolist() == pytest.approx(expected_out, rel=1e-12, abs=1e-12)
+    step_grads = [qmin - z if c < qmin else qmax - z if c > qmax else round(v / s) - v / s
+                  for v, c in zip(values, codes)]
+    expected_grad = sum(w * g for w, g in zip(weights, step_grads)) / (len(values) * qmax) ** 0.5
+    assert scale.grad.item() == pytest.approx(expected_grad, rel=1e-9)
+    assert x.grad.tolist() == [0.0, 0.0, 3.0, 0.5, -1.5, 2.5, 0.0, 0.0]  # straight through inside only

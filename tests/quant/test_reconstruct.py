@@ -76,9 +76,12 @@ def test_reconstruction_lowers_a_blocks_output_error():
     teacher, student, images = _setup()
     inputs, targets = _first_block_data(teacher, student, images)
     config = ReconstructConfig(iterations=150, drop_prob=0.0)
+    flags = {name: p.requires_grad for name, p in student.blocks[0].named_parameters()}
+    assert any(flags.values()) and not all(flags.values())  # weights train, quantizer scales do not
     result = reconstruct_block(student.blocks[0], inputs, targets, config)
     assert result.mse_after < 0.9 * result.mse_before  # nearest rounding is already a strong start
-    assert not any(p.requires_grad for p in student.blocks[0].modules() if isinstance(p, torch.Tensor))
+    # the same parameters (no rounding variable left behind), each with its requires_grad as before
+    assert {name: p.requires_grad for name, p in student.blocks[0].named_parameters()} == flags
     assert not student.blocks[0][0].input_quantizer.learnable
 
 
@@ -223,3 +226,45 @@ def test_reconstruction_with_feature_mix_runs_only_on_the_later_blocks_and_lower
 def test_feature_mix_must_be_a_share():
     with pytest.raises(ValueError, match="feature_mix and feature_mix_after must be in"):
         ReconstructConfig(feature_mix=1.5)
+
+
+def _rounding_with_offsets(h):
+    """An AdaRoundWeight on a 3x4 linear layer whose soft offsets are `h` (3x4)."""
+    from dfq.quant.adaround import GAMMA, ZETA, AdaRoundWeight
+
+    layer = quantize_model(nn.Sequential(nn.Linear(4, 3)), QuantConfig(w_bits=4, a_bits=4, protocol="deploy"))[0]
+    rounding = AdaRoundWeight(layer)
+    p = (h - GAMMA) / (ZETA - GAMMA)  # sigmoid(alpha) that gives h
+    with torch.no_grad():
+        rounding.alpha.copy_(torch.log(p / (1 - p)))
+    return rounding
+
+
+def test_rounding_regularizer_is_zero_on_decided_offsets_and_known_in_between():
+    decided = _rounding_with_offsets(torch.full((3, 4), 0.5))
+    with torch.no_grad():  # far beyond the stretched sigmoid's ends: offsets clipped to exactly 0 or 1
+        decided.alpha.copy_(torch.tensor([[20.0, -20.0, 20.0, -20.0]] * 3))
+    assert set(decided.soft_offset().flatten().tolist()) == {0.0, 1.0}
+    assert decided.regularizer(2.0).item() == 0.0 and decided.regularizer(20.0).item() == 0.0
+
+    half = _rounding_with_offsets(torch.full((3, 4), 0.5))
+    assert half.regularizer(2.0).item() == pytest.approx(12.0, rel=1e-5)  # each term 1 - 0^beta
+
+    quarter = _rounding_with_offsets(torch.tensor([[0.25, 0.75, 0.25, 0.75]] * 3))
+    torch.testing.assert_close(quarter.soft_offset(), torch.tensor([[0.25, 0.75, 0.25, 0.75]] * 3))
+    # |2h - 1| = 0.5 on both sides of 0.5
+    assert quarter.regularizer(2.0).item() == pytest.approx(12 * (1 - 0.5**2), rel=1e-5)
+    assert quarter.regularizer(3.0).item() == pytest.approx(12 * (1 - 0.5**3), rel=1e-5)
+
+
+def test_regularizer_exponent_anneals_on_a_cosine_after_the_warmup():
+    from dfq.quant.reconstruct import _beta
+
+    for config in (ReconstructConfig(), ReconstructConfig(warmup=0.5, beta_start=10.0, beta_end=4.0)):
+        start, end, w = config.beta_start, config.beta_end, config.warmup
+        assert _beta(w, config) == pytest.approx(start)
+        assert _beta(1.0, config) == pytest.approx(end)
+        assert _beta(w + 0.5 * (1 - w), config) == pytest.approx((start + end) / 2)
+        # a quarter of the way: cosine, not linear (which would give start - (start - end) / 4)
+        quarter = end + (start - end) * 0.5 * (1 + 2**-0.5)
+        assert _beta(w + 0.25 * (1 - w), config) == pytest.approx(quarter)
