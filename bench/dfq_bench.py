@@ -1,100 +1,81 @@
-"""Data-free quantization end to end, side by side (the distillation issue's benchmark).
+"""The data-free benchmark: pipelines side by side on one teacher, every row from `gznq.run_pipeline`.
 
-For each setting (bits x protocol) it runs, on one teacher:
-  real-calib    calibration on real training images (MSE observers)
-  real-distill  calibrate + reconstruct + distill on real images at our step budget (the ceiling)
-  pixels        calibrate + reconstruct + distill on the pixel-optimized set
-  gdfq          the published GDFQ recipe (fresh generator in the loop) at --gdfq-steps
-  gznq          ours: the shared generator -> refine its batches (--refine-steps) -> calibrate -> reconstruct
-                -> distill with the generator in the loop
-and reports top-1 at the final step on the full real test set, drop against the teacher, agreement,
-wall seconds (generator or pixel-set making included) and images consumed. The generator and pixel set
-are made once and reused, and so are the (refined) calibration images within one run (or across runs
-with --images-cache): each row that reuses them is charged the seconds their making took.
-`--distill-steps 0` leaves out the distillation stage; every row names the pipeline that produced it.
+For each setting (bits x protocol) and method it runs the pipeline and evaluates the student beside its teacher
+on one half of the real test set (`--split`, `dfq.data.split_indices`):
 
-    python bench/dfq_bench.py --only W4A4:paper --out runs/bench_dfq
+  real-calib    calibration alone on 2,048 real training images (MSE observers): the calibration ceiling
+  real-recon    calibration + reconstruction on real training images: the reconstruction ceiling
+  real-distill  real-recon + distillation on the real training set (with --distill-steps)
+  pixels        calibration + reconstruction (+ distillation) on a pixel-optimized set (made once)
+  gdfq          the published GDFQ recipe: min-max calibration, then distillation with a fresh generator
+                trained in the loop for --gdfq-steps (its paper: 80,000 steps; say so beside its rows)
+  gznq          ours, as shipped: the generator (trained once) -> refined batches -> calibrate -> reconstruct
+                (-> distill with --distill-steps)
 
-Writes results.json (appending rows across runs) and results.md to --out.
+`--split select` is for choosing: `--set` changes any PipelineConfig field (dotted for nested configs, e.g.
+"refine.crop_scale=1.0, recon_augment=0") and labels the row with it. `--split report` is for reporting: it
+runs the defaults as shipped and refuses `--set`, so nothing reported was chosen on the images it is reported on.
+
+    python -m bench.dfq_bench --split select --only W4A4:paper --methods gznq --seed 0 --out runs/bench_select
+
+Rows (top-1, drop, agreement, seconds charged: the pipeline's own plus what it reused, the generator's
+training and a cached image set's making) go to OUT/results.json, replacing a row of the same model, setting,
+method, label, split and seed, and to OUT/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
-import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
+from bench.common import ASSETS, machine, markdown_table, read_rows
+from dfq.io import write_json_atomic
+from dfq.models import create_teacher
+from dfq.quant import QuantConfig
+from generators.checkpoint import META_FILE
+from generators.refine import RefineConfig
+from generators.pixel_opt import PIXELS_META, PixelOptConfig, optimize_pixels, save_pixels
+from generators.trainer import GeneratorTrainConfig, train_generator
+from gznq.cli.common import tune_allocator
+from gznq.distill import DistillConfig, gdfq_recipe
+from gznq.pipeline import PipelineConfig, run_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import ASSETS, batches, machine, markdown_table, parse_kwargs, preload, read_rows  # noqa: E402
-from gznq.cli.common import tune_allocator  # noqa: E402
-from gznq.cli.quantize_cmd import copies_or_auto  # noqa: E402
-from dfq.data import load_dataset  # noqa: E402
-from gznq.distill import Distiller, DistillConfig, gdfq_recipe, run_distillation  # noqa: E402
-from dfq.evaluate import evaluate  # noqa: E402
-from dfq.io import atomic_write, write_json_atomic  # noqa: E402
-from dfq.models import create_teacher  # noqa: E402
-from dfq.quant import QuantConfig, calibrate, quantize_model  # noqa: E402
-from dfq.quant.recon_defaults import ReconOptions, recon_defaults  # noqa: E402
-from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct  # noqa: E402
-from gznq.sources import Source, open_source  # noqa: E402
-from generators.augment import with_jittered_copies  # noqa: E402
-from generators.checkpoint import META_FILE, load_generator  # noqa: E402
-from generators.network import ConditionalGenerator, GeneratorConfig, normalize  # noqa: E402
-from generators.pixel_opt import PIXELS_META, PixelOptConfig, load_pixels, optimize_pixels, save_pixels  # noqa: E402
-from generators.refine import RefineConfig  # noqa: E402
-from generators.trainer import GeneratorTrainConfig, train_generator  # noqa: E402
-
-METHODS = ("real-calib", "real-distill", "pixels", "gdfq", "gznq")
+METHODS = ("real-calib", "real-recon", "real-distill", "pixels", "gdfq", "gznq")
+SPLITS = ("select", "report")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", required=True, choices=SPLITS,
+                   help="select: for choosing (accepts --set); report: the defaults as shipped, for reporting")
     p.add_argument("--model", default="cifar10_resnet20")
     p.add_argument("--checkpoint")
     p.add_argument("--train-data", default=str(ASSETS / "cifar10-jpeg" / "train"))
     p.add_argument("--test-data", default=str(ASSETS / "cifar10-jpeg" / "test"))
-    p.add_argument("--generator", help="generator directory, trained there if absent (default: runs/generator_<model>, "
-                                       "e.g. runs/generator_resnet20)")
-    p.add_argument("--gen-steps", type=int, default=GeneratorTrainConfig.steps)
-    p.add_argument("--pixels", help="pixel-optimized set, made there if absent and the `pixels` method runs "
-                                    "(default: runs/pixels_<model>)")
+    p.add_argument("--generator", help="generator directory, trained there if absent (default: runs/generator_<model>)")
+    p.add_argument("--pixels", help="pixel-optimized set, made there if absent (default: runs/pixels_<model>)")
     p.add_argument("--only", help="comma-separated settings such as W4A4:paper,W3A3:deploy (default: all six)")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--calib-images", type=int, default=2048)
-    p.add_argument("--recon-images", type=int, default=1024)
-    p.add_argument("--recon-from-calib", action=argparse.BooleanOptionalAction, default=False,
-                   help="reconstruct on the first --recon-images calibration images instead of a separate set")
-    p.add_argument("--recon-iters", type=int, default=ReconstructConfig.iterations)
-    p.add_argument("--recon-drop", type=float, default=ReconstructConfig.drop_prob, help="QDrop probability")
-    p.add_argument("--recon-augment", type=copies_or_auto, default=None, metavar="K|auto",
-                   help="add K shifted and flipped copies of the reconstruction set to it (default auto: by the "
-                        "setting, as quantize --recon-augment)")
-    p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=None,
-                   help="reconstruct the classifier too; --no-recon-last-block leaves it as calibrated (default: by "
-                        "the setting, as quantize)")
-    p.add_argument("--refine-steps", type=int, default=RefineConfig.steps,
-                   help="ours: refine each generated calibration/reconstruction batch this many steps (0: raw)")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="batch of calibration/reconstruction images, which is also the refinement batch")
-    p.add_argument("--refine-config", default="", help="further RefineConfig fields, e.g. 'boundary_share=0.5'")
-    p.add_argument("--distill-steps", type=int, default=DistillConfig.steps, help="0: no distillation stage")
-    p.add_argument("--gdfq-steps", type=int, help="GDFQ's budget (default: our generator + distillation steps)")
-    p.add_argument("--generator-every", type=int, default=4)
-    p.add_argument("--images-cache",
-                   help="folder where the (refined) calibration images are kept with the seconds their making "
-                        "took, so that later runs of other pipelines on the same images skip the refinement and "
-                        "are charged those seconds instead")
-    p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset (quick runs)")
+    p.add_argument("--methods", default="gznq", help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after reconstruction (0: none)")
+    p.add_argument("--gdfq-steps", type=int, default=500, help="the GDFQ recipe's budget here (its paper: 80,000)")
+    p.add_argument("--set", dest="overrides", default="",
+                   help="PipelineConfig fields, e.g. 'refine.crop_scale=1.0, recon.last_block=False' (select only)")
+    p.add_argument("--image-cache", default="runs/cache", help="where (refined) calibration sets are kept")
+    p.add_argument("--limit", type=int, help="evaluate on a class-balanced subset of the split (quick runs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/bench_dfq")
+    p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.split == "report" and args.overrides:
+        p.error("--split report runs the defaults as shipped; choose options with --split select --set ...")
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     short = args.model.removeprefix("cifar10_").replace(":", "_").replace("/", "_")
     args.generator = args.generator or f"runs/generator_{short}"
     args.pixels = args.pixels or f"runs/pixels_{short}"
@@ -102,9 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings(only: str | None) -> list[tuple[int, str]]:
-    all_settings = [(b, p) for p in ("paper", "deploy") for b in (4, 3, 5)]
+    """(bits, protocol) pairs from `--only` (W4A4:paper,...), or all six."""
     if not only:
-        return all_settings
+        return [(b, p) for p in ("paper", "deploy") for b in (4, 3, 5)]
     chosen = []
     for item in only.split(","):
         bits, _, protocol = item.partition(":")
@@ -117,217 +98,131 @@ def settings(only: str | None) -> list[tuple[int, str]]:
     return chosen
 
 
-# RefineConfig fields added after cached image sets were first named, with the value that refines as before
-# them: at that value they are left out of the name, so that the sets cached before them are found again
-LATER_REFINE_FIELDS = {"crop_scale": 1.0}
+def parse_overrides(text: str) -> dict:
+    """'refine.crop_scale=1.0, recon_augment=0' -> {'refine.crop_scale': 1.0, 'recon_augment': 0}."""
+    out = {}
+    for part in re.split(r",\s*(?=[\w.]+\s*=)", text.strip()) if text.strip() else []:
+        name, sep, value = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", name.strip()):
+            raise ValueError(f"expected name=value pairs such as 'refine.crop_scale=1.0', got {part!r}")
+        out[name.strip()] = ast.literal_eval(value.strip())
+    return out
 
 
-# RefineConfig fields whose default has changed since the first rows, with their first value: a row names
-# them when away from it, so that rows from before and after a change of default stay apart
-FORMER_REFINE_DEFAULTS = {**LATER_REFINE_FIELDS, "ce_weight": 1.0}
+def apply_overrides(config: PipelineConfig, overrides: dict) -> PipelineConfig:
+    """`config` with each (possibly dotted) field replaced; nested configs are rebuilt, so they validate.
 
-
-def away_from_first_defaults(refine: RefineConfig) -> dict:
-    """The fields of `refine` away from their first defaults (FORMER_REFINE_DEFAULTS): how it differs from the
-    refinement of the first rows."""
-    return {k: getattr(refine, k) for k, before in FORMER_REFINE_DEFAULTS.items() if getattr(refine, k) != before}
-
-
-def refine_key(refine: RefineConfig | None) -> str:
-    """The refinement's part of a cached set's key: its repr, less the later fields at their former values."""
-    if refine is None:
-        return repr(None)
-    fields = [f.name for f in dataclasses.fields(refine)
-              if f.name not in LATER_REFINE_FIELDS or getattr(refine, f.name) != LATER_REFINE_FIELDS[f.name]]
-    return f"RefineConfig({', '.join(f'{name}={getattr(refine, name)!r}' for name in fields)})"
+    Raises:
+        ValueError: a field that does not exist.
+    """
+    for name, value in overrides.items():
+        head, _, tail = name.partition(".")
+        names = {f.name for f in dataclasses.fields(config)}
+        if head not in names:
+            raise ValueError(f"PipelineConfig has no field {head!r}")
+        if tail:
+            inner = getattr(config, head)
+            if tail not in {f.name for f in dataclasses.fields(inner)}:
+                raise ValueError(f"{type(inner).__name__} has no field {tail!r}")
+            value = dataclasses.replace(inner, **{tail: value})
+        config = dataclasses.replace(config, **{head: value})
+    return config
 
 
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.teacher, self.spec = create_teacher(args.model, checkpoint=args.checkpoint)
-        self.test = preload(args.test_data, self.spec, limit=args.limit)
-        self.teacher_top1 = evaluate(self.teacher, batches(self.test), progress=False).top1
-        self.gen_seconds = self._ensure_generator()
+        self.teacher = create_teacher(args.model, checkpoint=args.checkpoint)
+        self.overrides = parse_overrides(args.overrides)
+        self.gen_seconds = self._ensure_generator() if {"gznq", "gdfq"} & set(args.methods.split(",")) else 0.0
         self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
-        # images made once per (source, count, seed, refinement) and shared by every setting of the run: the
-        # refined generator batches do not depend on the bits or protocol; a row that reuses them is charged
-        # the seconds their making took, so its wall time reads as if it had made them itself
-        self._made: dict[tuple, tuple[list[torch.Tensor], float]] = {}
-        self.reused_seconds = 0.0
 
     def _ensure_generator(self) -> float:
         path = Path(self.args.generator)
         if not (path / META_FILE).exists():
-            train_generator(self.teacher, self.spec, path, teacher_name=self.args.model,
-                            config=GeneratorTrainConfig(steps=self.args.gen_steps, seed=self.args.seed))
+            train_generator(self.teacher.model, self.teacher.spec, path, teacher_name=self.args.model,
+                            config=GeneratorTrainConfig(seed=self.args.seed))
         return json.loads((path / META_FILE).read_text())["record"]["seconds"]
 
     def _ensure_pixels(self) -> float:
         path = Path(self.args.pixels)
         if not (path / PIXELS_META).exists():
-            config = PixelOptConfig(num_images=self.args.calib_images, seed=self.args.seed)
-            images, labels, seconds = optimize_pixels(self.teacher, self.spec, config)
+            config = PixelOptConfig(seed=self.args.seed)
+            images, labels, seconds = optimize_pixels(self.teacher.model, self.teacher.spec, config)
             save_pixels(path, images, labels, teacher=self.args.model, config=config, seconds=seconds)
         return json.loads((path / PIXELS_META).read_text())["seconds"]
 
-    def source_images(self, source: Source, num_images: int, seed: int,
-                      refine: RefineConfig | None = None) -> list[torch.Tensor]:
-        """The image batches of `source` (labels dropped), made on first use and reused afterwards."""
-        key = (self.args.model, source.kind, str(source.path), num_images, seed, self.args.batch_size,
-               refine_key(refine))
-        cache = Path(self.args.images_cache) if self.args.images_cache else None
-        file = cache / (hashlib.sha256(repr(key).encode()).hexdigest()[:16] + ".pt") if cache else None
-        if key not in self._made and file is not None and file.exists():
-            saved = torch.load(file)
-            if saved["key"] != repr(key):
-                raise ValueError(f"{file} holds other images ({saved['key']}); remove it")
-            self._made[key] = saved["images"], saved["seconds"]
-        if key in self._made:
-            images, seconds = self._made[key]
-            self.reused_seconds += seconds
-            return images
-        start = time.perf_counter()
-        images = [x for x, _ in open_source(source, teacher=self.teacher, teacher_name=self.args.model,
-                                            spec=self.spec, num_images=num_images,
-                                            batch_size=self.args.batch_size, seed=seed, refine=refine)]
-        self._made[key] = images, time.perf_counter() - start
-        if file is not None:
-            record = {"key": repr(key), "images": images, "seconds": self._made[key][1]}
-            atomic_write(file, lambda tmp: torch.save(record, tmp))
-        return images
-
-    def calibrated(self, bits: int, protocol: str, source: Source, *, observer: str = "mse",
-                   refine: RefineConfig | None = None):
-        student = quantize_model(self.teacher, QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol,
-                                                           weight_observer=observer, act_observer=observer))
-        self.calib_set = self.source_images(source, self.args.calib_images, self.args.seed, refine)
-        calibrate(student, self.calib_set)
-        return student
-
-    def recon_options(self, bits: int, protocol: str, method: str) -> ReconOptions:
-        """--recon-augment and --recon-last-block, each by the setting and source (`recon_defaults`) where left
-        open."""
-        return recon_defaults(protocol, bits, bits, synthetic=not method.startswith("real"),
-                              augment=self.args.recon_augment, last_block=self.args.recon_last_block)
-
-    def reconstructed(self, student, source: Source, options: ReconOptions, refine: RefineConfig | None = None):
-        """Reconstruct `student` (just calibrated from `source`) on recon_images images: the first of its
-        calibration set with --recon-from-calib, else a separate draw from `source`."""
+    def config(self, method: str, bits: int, protocol: str) -> tuple[PipelineConfig, float]:
+        """The pipeline of a row and the seconds charged to it for what it reuses (generator, pixel set)."""
         a = self.args
-        if a.recon_from_calib:
-            images = first_images(self.calib_set, a.recon_images)
+        quant = QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol, weight_observer="mse", act_observer="mse")
+        distill = ("distill",) if a.distill_steps else ()
+        common = dict(model=a.model, checkpoint=a.checkpoint, quant=quant, seed=a.seed, eval_data=a.test_data,
+                      eval_split=a.split, eval_limit=a.limit, image_cache=a.image_cache, progress=False,
+                      distill=DistillConfig(steps=max(a.distill_steps, 1), seed=a.seed))
+        real, gen = f"real:{a.train_data}", f"generator:{a.generator}"
+        extra = 0.0
+        if method == "real-calib":
+            config = PipelineConfig(source=real, **common)
+        elif method == "real-recon":
+            config = PipelineConfig(source=real, methods=("reconstruct",), **common)
+        elif method == "real-distill":
+            config = PipelineConfig(source=real, methods=("reconstruct", "distill"), **common)
+        elif method == "pixels":
+            config = PipelineConfig(source=f"pixels:{a.pixels}", methods=("reconstruct", *distill), **common)
+            extra = self.pixel_seconds
+        elif method == "gdfq":
+            common.update(quant=dataclasses.replace(quant, weight_observer="minmax", act_observer="minmax"),
+                          distill=gdfq_recipe(a.gdfq_steps, seed=a.seed))
+            # calibrated on the raw samples of our generator, as GDFQ's activation ranges are then tracked
+            config = PipelineConfig(source=gen, methods=("distill",), fresh_generator=True,
+                                    refine=RefineConfig(steps=0), **common)
         else:
-            images = self.source_images(source, a.recon_images, a.seed + 1, refine)
-        images = with_jittered_copies(images, options.augment, seed=a.seed + 2)
-        reconstruct(student, self.teacher, images,
-                    ReconstructConfig(iterations=self.args.recon_iters, drop_prob=self.args.recon_drop,
-                                      last_block=options.last_block))
-        return student
-
-    def distilled(self, student, config: DistillConfig | None, *, generator=None, data=None):
-        if config is None:  # --distill-steps 0
-            return student
-        d = Distiller(student, self.teacher, self.spec, config, generator=generator, batches=data)
-        run_distillation(d, progress=False)
-        return student
+            config = PipelineConfig(source=gen, methods=("reconstruct", *distill), **common)
+            extra = self.gen_seconds
+        return apply_overrides(config, self.overrides), extra
 
     def run(self, method: str, bits: int, protocol: str) -> dict:
-        a = self.args
-        real = Source("real", Path(a.train_data))
-        gen = Source("generator", Path(a.generator))
-        pixels = Source("pixels", Path(a.pixels))
-        # every row that distills reconstructs first: its weight grids stay (see --distill-weight-scales)
-        ours = (DistillConfig(steps=a.distill_steps, generator_every=a.generator_every, weight_scales=False,
-                              seed=a.seed) if a.distill_steps else None)
-        distill_images = a.distill_steps * DistillConfig.batch_size
-        options = self.recon_options(bits, protocol, method)
-        recon = (f"calibrate+reconstruct({a.recon_iters}/block, drop {a.recon_drop}"
-                 f"{'' if options.last_block else ', classifier as calibrated'}"
-                 f"{f', {options.augment} jittered copies' if options.augment else ''}"
-                 f"{', on calibration images' if a.recon_from_calib else ''})")
-        recon_images = 0 if a.recon_from_calib else a.recon_images
-        pipeline = recon + (f"+distill({a.distill_steps})" if a.distill_steps else "")
-        start, self.reused_seconds = time.perf_counter(), 0.0
-        extra_seconds, images = 0.0, 0
-        if method == "real-calib":
-            student = self.calibrated(bits, protocol, real)
-            images, pipeline = a.calib_images, "calibrate(mse)"
-        elif method == "real-distill":
-            student = self.reconstructed(self.calibrated(bits, protocol, real), real, options)
-            if ours:  # scanning the 50,000 training files is worth it only when distilling
-                ds = load_dataset(a.train_data, self.spec, train=True)
-                loader = torch.utils.data.DataLoader(ds, batch_size=ours.batch_size, shuffle=True, drop_last=True,
-                                                     num_workers=2, generator=torch.Generator().manual_seed(a.seed))
-                student = self.distilled(student, dataclasses.replace(ours, generator_every=0), data=loader)
-            images = a.calib_images + recon_images + distill_images
-        elif method == "pixels":
-            student = self.reconstructed(self.calibrated(bits, protocol, pixels), pixels, options)
-            px, labels, _ = load_pixels(a.pixels, teacher_name=a.model)
-            data = torch.utils.data.DataLoader(
-                torch.utils.data.TensorDataset(normalize(px, self.spec.mean, self.spec.std), labels),
-                batch_size=min(DistillConfig.batch_size, len(labels)), shuffle=True, drop_last=True,
-                generator=torch.Generator().manual_seed(a.seed))
-            student = self.distilled(student, ours, data=data)
-            extra_seconds, images = self.pixel_seconds, len(labels)
-        elif method == "gdfq":
-            # default budget: our distillation steps plus the steps our generator was pre-trained for
-            gen_meta = json.loads((Path(a.generator) / META_FILE).read_text())
-            steps = a.gdfq_steps or a.distill_steps + gen_meta["record"]["step"]
-            pipeline = f"calibrate(minmax)+gdfq({steps})"
-            generator = ConditionalGenerator(GeneratorConfig(num_classes=self.spec.num_classes,
-                                                             image_size=self.spec.image_size))
-            student = self.calibrated(bits, protocol, gen, observer="minmax")
-            student = self.distilled(student, gdfq_recipe(steps, seed=a.seed), generator=generator)
-            images = a.calib_images + steps * 128
-        else:  # gznq
-            generator, _ = load_generator(a.generator, teacher_name=a.model, teacher=self.teacher)
-            refine_fields = parse_kwargs(a.refine_config)
-            refine = RefineConfig(steps=a.refine_steps, **refine_fields) if a.refine_steps else None
-            student = self.reconstructed(self.calibrated(bits, protocol, gen, refine=refine), gen, options,
-                                       refine)
-            student = self.distilled(student, ours, generator=generator)
-            if refine:
-                # fields given, and those away from their first defaults even when left at a default,
-                # so that a row says how its images were made
-                shown = {**away_from_first_defaults(refine), **refine_fields}
-                extra = "".join(f", {k} {v}" for k, v in shown.items())
-                batch = f", batch {a.batch_size}" if a.batch_size != 128 else ""
-                pipeline = f"refine({a.refine_steps}{batch}{extra})+{pipeline}"
-            extra_seconds = self.gen_seconds
-            images = a.calib_images + recon_images + distill_images
-        seconds = time.perf_counter() - start + extra_seconds + self.reused_seconds
-        r = evaluate(student, batches(self.test), teacher=self.teacher, progress=False)
-        return {"model": a.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": pipeline,
-                "top1": r.top1, "teacher_top1": r.teacher_top1, "drop": r.teacher_top1 - r.top1,
-                "agreement": r.agreement, "seconds": seconds, "images": images, "num_eval_images": r.num_images,
-                "seed": a.seed}
+        config, extra = self.config(method, bits, protocol)
+        start = time.perf_counter()
+        report = run_pipeline(config, teacher=self.teacher).report
+        wall = time.perf_counter() - start
+        reused = report["image_seconds"] if report["images_reused"] else 0.0
+        label = method + (f"[{self.args.overrides}]" if self.args.overrides else "")
+        if method in ("gznq", "pixels", "real-distill") and self.args.distill_steps:
+            label += f"+distill({self.args.distill_steps})"
+        if method == "gdfq":
+            label += f"({self.args.gdfq_steps} steps)"
+        return {"model": self.args.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": label,
+                "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
+                "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
+                "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
+                "num_eval_images": report["num_images"], "recon_augment": report.get("recon_augment"),
+                "recon_last_block": report.get("recon_last_block")}
+
+
+KEY = ("model", "setting", "method", "pipeline", "split", "seed")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     tune_allocator()
-    torch.manual_seed(args.seed)
     bench = Bench(args)
     out = Path(args.out)
     results_path = out / "results.json"
     for bits, protocol in settings(args.only):
         for method in args.methods.split(","):
-            if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
             row = bench.run(method, bits, protocol)
-            row["command"] = "python " + " ".join(sys.argv)
-            # re-read so that runs of other settings in parallel processes keep their rows
+            row["command"] = "python -m bench.dfq_bench " + " ".join(sys.argv[1:])
+            # re-read so that runs in parallel processes keep each other's rows
             rows = read_rows(results_path) if results_path.exists() else []
-            key = ("model", "setting", "method", "pipeline", "seed")
-            rows = [r for r in rows if [r[k] for k in key] != [row[k] for k in key]] + [row]
-            print(row, flush=True)
-            write_json_atomic(results_path, {"args": vars(args), "machine": machine(),
-                                             "teacher_top1": bench.teacher_top1, "rows": rows})
+            rows = [r for r in rows if [r.get(k) for k in KEY] != [row[k] for k in KEY]] + [row]
+            print(json.dumps(row), flush=True)
+            write_json_atomic(results_path, {"machine": machine(), "rows": rows})
     rows = read_rows(results_path)
-    table = markdown_table(rows, [("model", "model"), ("setting", "setting"), ("method", "method"),
-                                  ("pipeline", "pipeline"), ("seed", "seed"), ("top1", "top-1"), ("drop", "drop"),
-                                  ("agreement", "agreement"), ("seconds", "wall s"), ("images", "images used")])
+    table = markdown_table(rows, [("setting", "setting"), ("method", "method"), ("pipeline", "pipeline"),
+                                  ("split", "split"), ("seed", "seed"), ("top1", "top-1"), ("drop", "drop"),
+                                  ("agreement", "agreement"), ("seconds", "seconds charged")])
     (out / "results.md").write_text(table + "\n")
     print(table)
 

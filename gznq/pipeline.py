@@ -31,6 +31,7 @@ from dfq.quant.recon_defaults import recon_defaults
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.quant.serialization import is_student_dir
 from generators.augment import with_jittered_copies
+from generators.checkpoint import load_generator
 from generators.refine import RefineConfig
 from gznq.distill import Distiller, DistillConfig
 from gznq.distill_stage import distill_data, load_distill_state, run_distill_stage
@@ -173,6 +174,8 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     if c.eval_data is not None:  # built now, so that a bad folder fails before the work
         eval_loader = build_eval_loader(c.eval_data, spec, split=c.eval_split, limit=c.eval_limit,
                                         num_workers=c.workers)
+    if source.kind == "generator":  # a generator for another teacher, or a damaged one, is refused now
+        load_generator(source.path, teacher_name=c.model, teacher=model)
     synthetic = source.kind != "real"
     options = recon_defaults(c.quant.protocol, c.quant.w_bits, c.quant.a_bits, synthetic=synthetic,
                              augment=c.recon_augment, last_block=c.recon.last_block)
@@ -181,9 +184,9 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             student, report = _run(c, source, model, spec, options, work)
-    except KeyboardInterrupt:
+    except BaseException:  # an error or Ctrl-C: keep OUT.partial only if a resume could use it
         if work is not None and not (work / "distill_state.pt").exists():
-            shutil.rmtree(work, ignore_errors=True)  # nothing there a resume could use
+            shutil.rmtree(work, ignore_errors=True)
         raise
     if eval_loader is not None:
         evaluated = load_student(work, device=device)[0] if work is not None else student

@@ -10,15 +10,6 @@ from gznq.cli.train_cli import main as train_main
 from generators.refine import RefineConfig
 
 
-@pytest.fixture(scope="module")
-def generator_dir(weights_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "gen"
-    code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
-                       "--steps", "3", "--batch-size", "16", "--width", "32", "--out", str(out), "--no-progress"])
-    assert code == 0
-    return out
-
-
 def test_generator_run_writes_checkpoint_logs_and_grid(generator_dir):
     meta = json.loads((generator_dir / "generator.json").read_text())
     assert meta["teacher"] == "cifar10_resnet20" and meta["record"]["step"] == 3
