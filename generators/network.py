@@ -8,7 +8,7 @@ mean and std only on its way into the teacher (`normalize`).
 Cost drives the layout: the stem projects (z, y) to a small feature map, each stage doubles the
 resolution (nearest upsampling + 3x3 conv; a stride-2 transposed conv is the cheaper option, but leaves
 checkerboard patterns and matched the BN statistics worse in our runs) and halves the width, and the head
-is one 3x3 conv. At width 64 a 32x32 generator streams about 2,000 images/s on 2 CPU cores. For large inputs (224) the network generates at
+is one 3x3 conv. For large inputs (224) the network generates at
 `gen_size` and upsamples bilinearly inside, which keeps ImageNet teachers affordable.
 """
 

@@ -3,9 +3,8 @@ BatchNorm statistics (and, when weighted, its cross-entropy), starting from crop
 (or, for the pixel baseline, from noise).
 
 A generator trained on the BN losses matches the statistics on average over many batches; refinement makes
-each batch that a student will be calibrated and reconstructed on match them itself, as the pixel baseline
-does, at a fraction of its cost (it starts from an image, not from noise). On ResNet-20 W4A4 it roughly
-halved the test drop after reconstruction (see `bench/recon_probe.py` and the README).
+each batch that a student will be calibrated and reconstructed on match them itself, as pixel optimization
+does, at a fraction of its cost (it starts from an image, not from noise).
 """
 
 from __future__ import annotations
@@ -28,30 +27,18 @@ from generators.network import normalize
 class RefineConfig:
     """steps: Adam steps per batch (0: no refinement). lr: Adam rate on the pixel logits, cosine-annealed to 0.
     bn_loss: "kl" (GZNQ) or "l2" (GDFQ), measured on the whole batch, with weight bn_weight. ce_weight: weight
-    of the teacher's cross-entropy on the batch's labels; 0 (the default since 2026-11-28) refines toward the
-    BN statistics alone. The generator's samples already show their class; the class loss drove every refined
-    image, crops included, to a teacher confidence (mean top probability) of 1.000, where real training
-    images get 0.941. Without it, crops refined from ResNet-20's generator get 0.894 (30% of them below 0.9,
-    against 17% of real ones), and the mean norm of the teacher's last-stage features, 8.87 with the class
-    loss, falls to 7.50 (real: 7.47; `bench/refine_confidence.py`). Students reconstructed on them lost less at W4A4 `paper` on all three benchmark seeds (0.86, 0.55,
-    0.15 against 1.33, 0.98, 0.77) and at W5A5 `paper` on two of three (`docs/benchmarks.md`, "Refinement
-    without the class loss"). tv_weight: total-variation prior. max_shift, flip: random jitter
-    before the teacher at every step (as in generator training), so the pixels do not overfit one view.
-    boundary_share: share of each batch refined toward a soft two-class target, lam * its label + (1 - lam) *
-    another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone: images the teacher
-    is unsure about, as many real ones are (ResNet-20 gives its generator's samples a mean top probability
-    of 0.999, real test images 0.937: `eval.py --generator`), so that a student reconstructed on them also
-    sees the teacher's class boundaries (through the class loss: it needs ce_weight > 0). The label handed on
-    stays the image's own class. Off by default:
-    at ResNet-20 W4A4 `paper`, share 0.5 raised the drop in both reconstruction seeds tried
-    (`bench/recon_probe.py --refine-config "boundary_share=0.5"`; see the README).
-    crop_scale: below 1, each starting image is first replaced by a random resized crop of it covering
-    between crop_scale and all of its area (`random_resized_crop`), so that refinement starts from objects
-    at other scales and positions than the generator's few modes per class, and the batch it makes is more
-    varied (1.0: the samples as drawn, as before 2026-11-28). At 0.25 it lowered the reconstructed
-    ResNet-20 drop on the mean of three benchmark seeds at W4A4 and W3A3 `paper` and W4A4 `deploy` (top-1
-    up on 9 of 12 seeds, agreement on all 12) and left W5A5 `paper` level (`docs/benchmarks.md`, "Crops
-    before refinement")."""
+    of the teacher's cross-entropy on the batch's labels; 0 refines toward the BN statistics alone, which
+    leaves the teacher about as unsure of refined images as of real ones (the class loss drives every image
+    to full confidence, which real images do not have). tv_weight: total-variation prior. max_shift, flip:
+    random jitter before the teacher at every step (as in generator training), so the pixels do not overfit
+    one view. boundary_share: share of each batch refined toward a soft two-class target, lam * its label +
+    (1 - lam) * another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone (images
+    near the teacher's class boundaries; it acts through the class loss, so it needs ce_weight > 0); the
+    label handed on stays the image's own class. crop_scale: below 1, each starting image is first replaced
+    by a random resized crop of it covering between crop_scale and all of its area (`random_resized_crop`),
+    so that refinement starts from objects at other scales and positions than the generator's few modes per
+    class and the batch it makes is more varied; 1.0 starts from the samples as drawn. The defaults were
+    chosen on the selection split (`dfq/quant/recon_defaults.py` names the runs)."""
 
     steps: int = 50
     lr: float = 0.05

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from tqdm.auto import tqdm
 
-from dfq.data import load_dataset
+from dfq.data import real_calibration_loader
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
 from generators.checkpoint import load_generator, teacher_fingerprint
@@ -53,22 +53,6 @@ def parse_source(text: str) -> Source:
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown source kind {kind!r} in {text!r}; supported: {', '.join(SOURCE_KINDS)}")
     return Source(kind, Path(path).expanduser())
-
-
-def real_calibration_loader(
-    path: str | Path, spec: InputSpec, *, num_images: int, batch_size: int = 128, seed: int = 0, num_workers: int = 0
-) -> DataLoader:
-    """`num_images` real images drawn at random (seeded) from `path`, with the teacher's preprocessing.
-
-    Raises:
-        ValueError: num_images is not positive or exceeds the images available; the errors of load_dataset.
-    """
-    ds = load_dataset(path, spec, train=True)
-    if not 0 < num_images <= len(ds):
-        raise ValueError(f"asked for {num_images} calibration images but {str(path)!r} holds {len(ds)}")
-    gen = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(ds), generator=gen)[:num_images].tolist()
-    return DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
 def open_source(

@@ -185,3 +185,19 @@ def build_eval_loader(
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def real_calibration_loader(
+    path: str | Path, spec: InputSpec, *, num_images: int, batch_size: int = 128, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """`num_images` real images drawn at random (seeded) from `path`, with the teacher's preprocessing.
+
+    Raises:
+        ValueError: num_images is not positive or exceeds the images available; the errors of load_dataset.
+    """
+    ds = load_dataset(path, spec, train=True)
+    if not 0 < num_images <= len(ds):
+        raise ValueError(f"asked for {num_images} calibration images but {str(path)!r} holds {len(ds)}")
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(ds), generator=gen)[:num_images].tolist()
+    return DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)

@@ -2,11 +2,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from dfq.data import load_dataset, stratified_indices
+from dfq.data import load_dataset, real_calibration_loader, stratified_indices
 from dfq.evaluate import evaluate
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig, calibrate, calibration_mode, quantize_model, quantizers
-from gznq.sources import real_calibration_loader
 from tests.quant.helpers import randomize_bn, tiny_net
 
 

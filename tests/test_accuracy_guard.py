@@ -1,0 +1,37 @@
+"""Accuracy guard: the pipeline on real images must keep ResNet-20's W4A4 drop inside a measured band.
+
+Bands measured with this exact configuration (seed 0, 512 real training images in batches of 256, the first
+2,000 images of the selection split); see docs/benchmarks.md, "Accuracy guard". Calibration alone under
+`deploy` is where the range observers show: with the strided sample of before the observer fix (which saw
+one image column at batch 256) the drop was 8.55 (seed 0) and 9.00 (seed 1), against 5.30 and 5.70 fixed.
+"""
+
+import pytest
+
+from dfq.models import create_teacher
+from dfq.quant import QuantConfig
+from dfq.quant.reconstruct import ReconstructConfig
+from gznq.pipeline import PipelineConfig, run_pipeline
+
+CALIBRATE_DEPLOY_MAX_DROP = 6.5  # measured 5.30; the strided observer gave 8.55
+RECONSTRUCT_PAPER_MAX_DROP = 2.5  # measured 1.55 (agreement 91.85); calibration alone loses about 4
+
+
+def _run(teacher, train_dir, test_dir, protocol, methods=(), **kw):
+    config = PipelineConfig(
+        source=f"real:{train_dir}", quant=QuantConfig(w_bits=4, a_bits=4, protocol=protocol, weight_observer="mse",
+                                                      act_observer="mse"),
+        methods=methods, calib_images=512, batch_size=256, seed=0, eval_data=str(test_dir), eval_split="select",
+        eval_limit=2000, progress=False, workers=0, **kw)
+    return run_pipeline(config, teacher=teacher).report
+
+
+@pytest.mark.slow
+def test_w4a4_on_real_images_stays_in_its_band(weights_dir, cifar_train_dir, cifar_test_dir):
+    teacher = create_teacher("cifar10_resnet20", checkpoint=weights_dir / "resnet20-12fca82f.th")
+    calibrated = _run(teacher, cifar_train_dir, cifar_test_dir, "deploy")
+    assert calibrated["num_images"] == 2000
+    assert calibrated["drop"] <= CALIBRATE_DEPLOY_MAX_DROP, calibrated["drop"]
+    reconstructed = _run(teacher, cifar_train_dir, cifar_test_dir, "paper", ("reconstruct",),
+                         recon=ReconstructConfig(iterations=100))
+    assert reconstructed["drop"] <= RECONSTRUCT_PAPER_MAX_DROP, reconstructed["drop"]
