@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from bench.common import ASSETS, machine, markdown_table, read_rows
+from dfq.data import SPLITS as DATA_SPLITS
 from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig
@@ -47,7 +48,10 @@ from gznq.distill import DistillConfig, gdfq_recipe
 from gznq.pipeline import PipelineConfig, run_pipeline
 
 METHODS = ("real-calib", "real-recon", "real-distill", "pixels", "gdfq", "gznq")
-SPLITS = ("select", "report")
+SPLITS = tuple(s for s in DATA_SPLITS if s != "all")
+# what a row is measured on and recorded as: set by the bench's own options, never by --set
+FIXED_BY_THE_BENCH = ("model", "checkpoint", "source", "methods", "seed", "eval_data", "eval_split", "eval_limit", "out",
+                      "overwrite", "resume", "image_cache")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,6 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.split == "report" and args.overrides:
         p.error("--split report runs the defaults as shipped; choose options with --split select --set ...")
+    try:
+        overrides = parse_overrides(args.overrides)
+        fixed = sorted({name.partition(".")[0] for name in overrides} & set(FIXED_BY_THE_BENCH))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} are set by the bench's own options, not by --set")
+        apply_overrides(PipelineConfig(source="real:."), overrides)  # every name and value checked now
+    except (ValueError, SyntaxError) as exc:
+        p.error(f"--set: {exc}")
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -105,7 +117,10 @@ def parse_overrides(text: str) -> dict:
         name, sep, value = part.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", name.strip()):
             raise ValueError(f"expected name=value pairs such as 'refine.crop_scale=1.0', got {part!r}")
-        out[name.strip()] = ast.literal_eval(value.strip())
+        try:
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{value.strip()!r} is not a Python literal (quote strings: name='text')") from None
     return out
 
 

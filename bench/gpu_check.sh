@@ -37,6 +37,7 @@ stage() {
 }
 
 stage cuda_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+rm -rf runs/gpu_generator runs/gpu_student  # a warm machine keeps the last run's folders
 stage generator 120 python3 train.py generator --model cifar10_resnet20 --out runs/gpu_generator --no-progress
 stage quantize 200 python3 train.py quantize --model cifar10_resnet20 --source generator:runs/gpu_generator \
     --w-bits 4 --a-bits 4 --protocol paper --method reconstruct --eval-data ../shared/assets/cifar10-jpeg/test \

@@ -80,3 +80,27 @@ def check_finite(tensors: dict, *, where: str, unset: tuple[str, ...] = ()) -> N
     if bad:
         names = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:6])
         raise ValueError(f"{where} holds non-finite values (NaN or inf) in {len(bad)} tensors: {names}")
+
+
+def truncate_log(path: str | os.PathLike, last_step: int) -> list[str]:
+    """Keep the header and the rows of a CSV log whose `step` is at most `last_step`, atomically (a run
+    resumed from the checkpoint of that step logs the later ones again); returns the header.
+
+    Raises:
+        ValueError: the file has no `step` column.
+    """
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "step" not in rows[0]:
+        raise ValueError(f"{str(path)!r} is not a log with a step column")
+    at = rows[0].index("step")
+    kept = [rows[0]] + [r for r in rows[1:] if int(r[at]) <= last_step]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+    atomic_write(path, write)
+    return rows[0]

@@ -13,12 +13,11 @@ SKIPPED = ("step", "seconds", "lr")
 
 def plot_log(csv_path: str | os.PathLike, png_path: str | os.PathLike, *, title: str = "") -> bool:
     """One small panel per logged quantity against the step, written to a PNG atomically. Returns False
-    (and writes nothing) when matplotlib is missing or the log has no rows."""
+    (and writes nothing) when matplotlib is missing or the log has no rows. Uses matplotlib's object
+    interface, so the process's plotting backend is left alone."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return False
     with open(csv_path, newline="") as f:
@@ -27,8 +26,10 @@ def plot_log(csv_path: str | os.PathLike, png_path: str | os.PathLike, *, title:
         return False
     names = [k for k in rows[0] if k not in SKIPPED]
     cols = min(3, len(names)) or 1
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4 * cols, 2.6 * math.ceil(len(names) / cols)),
-                             squeeze=False)
+    lines = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(4 * cols, 2.6 * lines))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(lines, cols, squeeze=False)
     for ax, name in zip(axes.flat, names):
         points = [(float(r["step"]), float(r[name])) for r in rows if r.get(name) not in ("", None)]
         if points:
@@ -42,5 +43,4 @@ def plot_log(csv_path: str | os.PathLike, png_path: str | os.PathLike, *, title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
     return True

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dfq.io import atomic_write
+from dfq.io import truncate_log
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
@@ -185,6 +185,8 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
     else:
         if (out / META_FILE).exists():
             raise FileExistsError(f"{out} already holds a generator; pass --resume to continue it or pick another --out")
+        if out.is_dir() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty and holds no generator; it is left untouched: pick another --out")
         with torch.random.fork_rng(devices=[]):  # initial weights from the run's seed, built on the CPU alike
             torch.manual_seed(config.seed)
             generator = ConditionalGenerator(gen_config or GeneratorConfig(num_classes=spec.num_classes,
@@ -214,9 +216,7 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
     out.mkdir(parents=True, exist_ok=True)
     fields = ["step", "loss", "ce", "bn", "div", "tv", "acc", "lr", "seconds"]
     if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again
-        with open(log_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        atomic_write(log_path, lambda tmp: _write_csv(tmp, fields, rows))
+        truncate_log(log_path, step)
     bar = tqdm(total=config.steps, initial=step, desc="generator", disable=not progress)
     try:
         with open(log_path, "a", newline="") as log_file:
@@ -252,9 +252,3 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
     plot_log(log_path, out / "losses.png", title=f"generator for {teacher_name}")
     return generator.eval()
 
-
-def _write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)

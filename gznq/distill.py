@@ -96,6 +96,12 @@ class DistillConfig:
             raise ValueError(f"mix_fraction must be in [0, 1], got {self.mix_fraction}")
         if self.adversarial_weight < 0 or self.adversarial_bound <= 0:
             raise ValueError("adversarial_weight must be >= 0 and adversarial_bound > 0")
+        if min(self.lr, self.scale_lr, self.weight_decay) < 0 or self.generator_lr <= 0:
+            raise ValueError(f"learning rates and weight decay must be >= 0 (generator_lr > 0), got lr={self.lr}, "
+                             f"scale_lr={self.scale_lr}, weight_decay={self.weight_decay}, "
+                             f"generator_lr={self.generator_lr}")
+        if min(self.generator_every, self.warmup_steps, self.act_ema_steps) < 0:
+            raise ValueError("generator_every, warmup_steps and act_ema_steps must be >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,6 +200,7 @@ class Distiller:
             flip=c.max_shift > 0))
         self.rng = torch.Generator().manual_seed(c.seed)
         self.step_index = 0
+        self.seconds = 0.0  # time spent in step(), kept across a resume
         self._set_tracking()
 
     @property
@@ -300,7 +307,8 @@ class Distiller:
 
     def state_dict(self) -> dict:
         state = {"student": self.student.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "rng": self.rng.get_state(), "step": self.step_index, "config": self.config.to_dict()}
+                 "rng": self.rng.get_state(), "step": self.step_index, "seconds": self.seconds,
+                 "config": self.config.to_dict()}
         if self.generator is not None:
             state.update(generator=self.generator.state_dict(), gen_opt=self.gen_opt.state_dict())
         return state
@@ -314,6 +322,7 @@ class Distiller:
         self.sched.load_state_dict(state["sched"])
         self.rng.set_state(state["rng"])
         self.step_index = state["step"]
+        self.seconds = state.get("seconds", 0.0)
         self._set_tracking()
 
 
@@ -322,20 +331,19 @@ def run_distillation(distiller: Distiller, *, on_log: Callable[[int, dict, float
                      progress: bool = True) -> None:
     """Step `distiller` to its configured number of steps, calling `on_log(step, losses, seconds)` every
     `log_every` steps and `on_checkpoint()` every `save_every` steps, at the end, and on Ctrl-C (which is
-    then re-raised). `losses` has every key of `distiller.log_columns`: the mean of that loss over the steps
+    then re-raised); `seconds` counts from the run's start, across resumes. `losses` has every key of `distiller.log_columns`: the mean of that loss over the steps
     since the last log, or None where none of them computed it (a generator loss between generator updates)."""
     from tqdm.auto import tqdm
 
     c = distiller.config
     bar = tqdm(total=c.steps, initial=distiller.step_index, desc="distill", disable=not progress)
-    elapsed = 0.0
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     try:
         while distiller.step_index < c.steps:
             start = time.perf_counter()
             parts = distiller.step()
-            elapsed += time.perf_counter() - start
+            distiller.seconds += time.perf_counter() - start
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -343,7 +351,7 @@ def run_distillation(distiller: Distiller, *, on_log: Callable[[int, dict, float
             s = distiller.step_index
             if on_log is not None and (s % log_every == 0 or s == c.steps):
                 means = {k: sums[k] / counts[k] if counts.get(k) else None for k in distiller.log_columns}
-                on_log(s, means, elapsed)
+                on_log(s, means, distiller.seconds)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k in ("kl", "agree", "g_bn") and v is not None})
                 sums, counts = {}, {}
             if on_checkpoint is not None and (s % save_every == 0 or s == c.steps):

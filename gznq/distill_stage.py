@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dfq.data import load_dataset
-from dfq.io import atomic_write
+from dfq.io import atomic_write, truncate_log
 from dfq.models.spec import InputSpec
 from dfq.plots import plot_log
 from generators.checkpoint import load_generator
@@ -23,6 +23,7 @@ from gznq.sources import Source
 STATE_FILE = "distill_state.pt"
 LOG_FILE = "distill_log.csv"
 PLOT_FILE = "distill_log.png"
+DISTILL_FILES = (STATE_FILE, LOG_FILE, PLOT_FILE)
 
 
 def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, config: DistillConfig,
@@ -40,8 +41,6 @@ def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec:
             return generator.to(device), None
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
         return generator, None
-    if fresh_generator:
-        raise ValueError("a fresh generator in the loop needs a generator source")
     shuffle = torch.Generator().manual_seed(seed)
     if source.kind == "real":
         ds = load_dataset(source.path, spec, train=True)
@@ -84,15 +83,11 @@ def run_distill_stage(distiller: Distiller, work: Path | None, *, save: Callable
     log_path = work / LOG_FILE
     columns = ["step", "seconds", *distiller.log_columns]
     fresh = not log_path.exists() or log_path.stat().st_size == 0
-    if not fresh:
-        with open(log_path, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows[0] != columns:
-            raise ValueError(f"{log_path} has columns {rows[0]}, this distillation logs {columns}; it is not "
+    if not fresh:  # rows logged after the checkpoint being resumed from are logged again
+        header = truncate_log(log_path, distiller.step_index)
+        if header != columns:
+            raise ValueError(f"{log_path} has columns {header}, this distillation logs {columns}; it is not "
                              "the log of the run being resumed")
-        # rows logged after the checkpoint being resumed from are logged again
-        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= distiller.step_index]
-        atomic_write(log_path, lambda tmp: _write_rows(tmp, kept))
     with open(log_path, "a", newline="") as log_file:
         writer = csv.DictWriter(log_file, fieldnames=columns)
         if fresh:
@@ -113,7 +108,3 @@ def run_distill_stage(distiller: Distiller, work: Path | None, *, save: Callable
                          progress=progress)
     plot_log(log_path, work / PLOT_FILE, title="distillation")
 
-
-def _write_rows(path: str, rows: list[list[str]]) -> None:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)

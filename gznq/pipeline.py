@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +29,19 @@ from dfq.quant import QuantConfig, load_student, quantize_model, save_student, s
 from dfq.quant.calibrate import calibrate
 from dfq.quant.recon_defaults import recon_defaults
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
-from dfq.quant.serialization import is_student_dir
+from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
 from generators.augment import with_jittered_copies
 from generators.checkpoint import load_generator
 from generators.refine import RefineConfig
 from gznq.distill import Distiller, DistillConfig
-from gznq.distill_stage import distill_data, load_distill_state, run_distill_stage
-from gznq.outdir import check_output, partial_dir, publish_output, start_output
+from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
+from gznq.outdir import ResultKind, check_output, writing_output
 from gznq.sources import check_source, image_set, parse_source
 
 METHODS = ("calibrate", "reconstruct", "distill")
 REPORT_FILE = "report.json"
+STUDENT_DIR = ResultKind("gznq student", marker=META_FILE,
+                         entries=(WEIGHTS_FILE, META_FILE, REPORT_FILE, *DISTILL_FILES), resume_file=STATE_FILE)
 
 
 def _mse_quant() -> QuantConfig:
@@ -151,12 +153,12 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     """Run the data-free pipeline that `config` describes; see `PipelineConfig`.
 
     Every input (source, evaluation data, output directory, teacher) is checked before any work. A teacher
-    already built (with its spec) may be passed instead of being created from `config.model`. Randomness is
-    seeded from `config.seed` and the caller's random state is left as it was.
+    already built (with its spec) may be passed instead of being created from `config.model`; it is moved to
+    the run's device. Randomness is seeded from `config.seed` and the caller's random state is left as it was.
 
     Raises:
         ValueError, FileNotFoundError, FileExistsError: bad input, named with the fix.
-        KeyboardInterrupt: re-raised after the interrupted run kept what it could (see OUT.partial).
+        KeyboardInterrupt: re-raised after the interrupted run kept what a resume can use (OUT.partial).
     """
     c = config
     source = parse_source(c.source)
@@ -164,7 +166,7 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     if c.eval_data is not None and not Path(c.eval_data).exists():
         raise FileNotFoundError(f"evaluation data {c.eval_data!r} does not exist")
     if c.out is not None:
-        check_output(c.out, kind="gznq student", is_ours=is_student_dir, overwrite=c.overwrite, resume=c.resume)
+        check_output(c.out, STUDENT_DIR, overwrite=c.overwrite, resume=c.resume)
     device = c.device or default_device()
     if teacher is None:
         teacher = create_teacher(c.model, checkpoint=c.checkpoint, trust_checkpoint=c.trust_checkpoint)
@@ -176,29 +178,42 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
                                         num_workers=c.workers)
     if source.kind == "generator":  # a generator for another teacher, or a damaged one, is refused now
         load_generator(source.path, teacher_name=c.model, teacher=model)
-    synthetic = source.kind != "real"
-    options = recon_defaults(c.quant.protocol, c.quant.w_bits, c.quant.a_bits, synthetic=synthetic,
+    options = recon_defaults(c.quant.protocol, c.quant.w_bits, c.quant.a_bits, synthetic=source.kind != "real",
                              augment=c.recon_augment, last_block=c.recon.last_block)
-    work = start_output(c.out, resume=c.resume) if c.out is not None else None
-    try:
-        with torch.random.fork_rng(devices=[]):
+    with writing_output(c.out, STUDENT_DIR, resume=c.resume) if c.out is not None else contextlib.nullcontext() as work:
+        cuda = list(range(torch.cuda.device_count()))
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(c.seed)
             student, report = _run(c, source, model, spec, options, work)
-    except BaseException:  # an error or Ctrl-C: keep OUT.partial only if a resume could use it
-        if work is not None and not (work / "distill_state.pt").exists():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if eval_loader is not None:
-        evaluated = load_student(work, device=device)[0] if work is not None else student
-        result = evaluate(evaluated, eval_loader, teacher=model, progress=c.progress, desc="student+teacher")
-        evaluation = result.to_dict()
-        evaluation["eval_seconds"] = evaluation.pop("seconds")  # "seconds" stays the quantization's time
-        report.update(evaluation, eval_data=c.eval_data, eval_split=c.eval_split, eval_limit=c.eval_limit)
-    if work is not None:
-        report["student"] = str(c.out)
-        write_json_atomic(work / REPORT_FILE, report)
-        publish_output(work, c.out)
+        if eval_loader is not None:  # the student as saved, so that re-evaluating it gives these figures
+            evaluated = load_student(work, device=device)[0] if work is not None else student
+            result = evaluate(evaluated, eval_loader, teacher=model, progress=c.progress, desc="student+teacher")
+            evaluation = result.to_dict()
+            evaluation["eval_seconds"] = evaluation.pop("seconds")  # "seconds" stays the quantization's time
+            report.update(evaluation, eval_data=c.eval_data, eval_split=c.eval_split, eval_limit=c.eval_limit)
+        if work is not None:
+            report["student"] = str(c.out)
+            write_json_atomic(work / REPORT_FILE, report)
     return PipelineResult(student.eval(), report)
+
+
+# The fields a resumed distillation must share with the run it continues; the rest only say where and how
+# to run (device, progress), evaluate or keep things.
+_NOT_RUN_DEFINING = ("out", "overwrite", "resume", "progress", "workers", "device", "image_cache", "eval_data",
+                     "eval_split", "eval_limit", "save_every")
+
+
+def _run_defining(c: PipelineConfig) -> dict:
+    return {k: v for k, v in c.to_dict().items() if k not in _NOT_RUN_DEFINING}
+
+
+def _check_resumed(c: PipelineConfig, state: dict) -> None:
+    """Refuse to continue an interrupted distillation with other options than it was started with."""
+    before, now = state["run"]["config"], _run_defining(c)
+    differ = [k for k in now if now[k] != before.get(k)]
+    if differ:
+        raise ValueError(f"the run in OUT.partial was started with other options ({', '.join(differ)}); resume it "
+                         "with the command that started it, or pass --overwrite to start again")
 
 
 def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Path | None) -> tuple[nn.Module, dict]:
@@ -208,6 +223,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     refine = c.refine if source.kind == "generator" and c.refine.steps > 0 else None
     state = load_distill_state(work) if c.resume else None
     if state is not None:  # the student, its metadata and its records come from the interrupted run
+        _check_resumed(c, state)
         metadata, records = state["run"]["metadata"], state["run"]["records"]
     else:
         records, data = _calibrate_and_reconstruct(c, source, teacher, spec, student, refine, options)
@@ -226,7 +242,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
             save_student(student, directory, config=c.quant, teacher=c.model,
                          metadata={**metadata, "distill_step": distiller.step_index})
 
-        run_distill_stage(distiller, work, save=save, extra_state={"run": {"metadata": metadata, "records": records}},
+        run_distill_stage(distiller, work, save=save, extra_state={"run": {"metadata": metadata, "records": records, "config": _run_defining(c)}},
                           save_every=c.save_every, progress=c.progress)
         records = {**records, "distill_steps": distiller.step_index, "distill_config": distill.to_dict()}
     seconds = time.perf_counter() - start
@@ -279,4 +295,4 @@ def _metadata(c: PipelineConfig, source, refine: RefineConfig | None, options, d
     return metadata
 
 
-__all__ = ["METHODS", "PipelineConfig", "PipelineResult", "default_device", "partial_dir", "run_pipeline"]
+__all__ = ["METHODS", "PipelineConfig", "PipelineResult", "default_device", "run_pipeline"]

@@ -13,8 +13,9 @@ from dfq.quant import QuantConfig
 from dfq.quant.reconstruct import ReconstructConfig
 from gznq.pipeline import PipelineConfig, run_pipeline
 
-CALIBRATE_DEPLOY_MAX_DROP = 6.5  # measured 5.30; the strided observer gave 8.55
-RECONSTRUCT_PAPER_MAX_DROP = 2.5  # measured 1.55 (agreement 91.85); calibration alone loses about 4
+TEACHER_TOP1 = 80.65  # on these 2,000 images: `eval.py --model cifar10_resnet20 --split select --limit 2000`
+CALIBRATE_DEPLOY_BAND = (3.5, 6.5)  # measured 5.30; the strided observer gave 8.55
+RECONSTRUCT_PAPER_BAND = (0.0, 2.5)  # measured 1.55 (agreement 91.85); calibration alone loses about 4
 
 
 def _run(teacher, train_dir, test_dir, protocol, methods=(), **kw):
@@ -30,8 +31,10 @@ def _run(teacher, train_dir, test_dir, protocol, methods=(), **kw):
 def test_w4a4_on_real_images_stays_in_its_band(weights_dir, cifar_train_dir, cifar_test_dir):
     teacher = create_teacher("cifar10_resnet20", checkpoint=weights_dir / "resnet20-12fca82f.th")
     calibrated = _run(teacher, cifar_train_dir, cifar_test_dir, "deploy")
-    assert calibrated["num_images"] == 2000
-    assert calibrated["drop"] <= CALIBRATE_DEPLOY_MAX_DROP, calibrated["drop"]
+    # the same images and teacher as measured, and a student that is quantized at all (a drop near 0 at W4A4
+    # deploy after calibration alone would mean quantizers left off)
+    assert calibrated["num_images"] == 2000 and calibrated["teacher_top1"] == TEACHER_TOP1
+    assert CALIBRATE_DEPLOY_BAND[0] <= calibrated["drop"] <= CALIBRATE_DEPLOY_BAND[1], calibrated["drop"]
     reconstructed = _run(teacher, cifar_train_dir, cifar_test_dir, "paper", ("reconstruct",),
                          recon=ReconstructConfig(iterations=100))
-    assert reconstructed["drop"] <= RECONSTRUCT_PAPER_MAX_DROP, reconstructed["drop"]
+    assert RECONSTRUCT_PAPER_BAND[0] <= reconstructed["drop"] <= RECONSTRUCT_PAPER_BAND[1], reconstructed["drop"]

@@ -175,6 +175,9 @@ def build_eval_loader(
     if limit is not None and limit < len(indices):
         targets = [ds.targets[i] for i in indices]
         indices = [indices[i] for i in stratified_indices(targets, limit)]
+    if not indices:
+        raise ValueError(f"the {split!r} half of {str(path)!r} holds no images (it has {len(ds)} in all); use "
+                         "--split all or a larger folder")
     if len(indices) < len(ds):
         ds = Subset(ds, indices)
     return DataLoader(

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfq.io import check_finite
+
 WEIGHTS_ENV = "GZNQ_WEIGHTS"
 OFFLINE_ENV = "GZNQ_OFFLINE"
 # Buffers that older checkpoints lack and whose absence changes nothing at inference.
@@ -108,7 +110,9 @@ def read_state_dict(path: str | os.PathLike, *, trust: bool = False) -> dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # damaged or not a pickle at all
+        # torch names the refused object "Unsupported global" (2.4 and later) or "Unsupported class" (earlier);
+        # anything else means a damaged file or no pickle at all
+        if "unsupported global" not in str(exc).lower() and "unsupported class" not in str(exc).lower():
             raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (UnpicklingError: {exc})") from None
         raise ValueError(
             f"{str(path)!r} holds pickled Python objects besides its tensors (for example the training options), "
@@ -149,12 +153,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         problems.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     if mismatched:
         problems.append(f"shape mismatches: {mismatched[:8]}")
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        problems.append(f"non-finite values (NaN or inf) in {bad[:8]}")
     if problems:
         raise ValueError(
             f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems)
             + ". Is it the checkpoint of a different model?"
         )
+    check_finite(state_dict, where=f"checkpoint {source}")
     model.load_state_dict(state_dict, strict=False)

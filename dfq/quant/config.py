@@ -55,6 +55,7 @@ class QuantConfig:
     skip: tuple[str, ...] = ()  # fnmatch patterns of layers left in float
     learnable: bool = False  # LSQ step sizes
     percentile: float = 99.99  # for the percentile observer
+    observer_seed: int = 0  # seeds the random samples the percentile and MSE observers keep
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits, "w_bits")

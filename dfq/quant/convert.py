@@ -24,7 +24,9 @@ def _check_patterns(config: QuantConfig, names: list[str]) -> None:
 
 
 def _observer_kwargs(observer: str, config: QuantConfig) -> tuple[tuple[str, object], ...]:
-    return (("percentile", config.percentile),) if observer == "percentile" else ()
+    if observer == "percentile":
+        return ("percentile", config.percentile), ("seed", config.observer_seed)
+    return (("seed", config.observer_seed),) if observer == "mse" else ()
 
 
 def layer_bits(config: QuantConfig, name: str, *, first: bool, last: bool) -> tuple[int, int]:

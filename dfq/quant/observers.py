@@ -160,11 +160,11 @@ class _SampleObserver(Observer):
 class PercentileObserver(_SampleObserver):
     """The `percentile` and `100 - percentile` quantiles of the collected values (clips outliers)."""
 
-    def __init__(self, spec: QuantSpec, percentile: float = 99.99, max_samples: int = 1 << 20) -> None:
+    def __init__(self, spec: QuantSpec, percentile: float = 99.99, max_samples: int = 1 << 20, seed: int = 0) -> None:
         if not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         self.percentile = percentile
-        super().__init__(spec, max_samples)
+        super().__init__(spec, max_samples, seed)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.samples()
@@ -177,11 +177,12 @@ class MSEObserver(_SampleObserver):
     """The clipping range that minimises the mean squared quantization error of the collected values:
     the min-max range shrunk by each ratio in a grid (per channel when axis is set) and the best kept."""
 
-    def __init__(self, spec: QuantSpec, num_ratios: int = 80, min_ratio: float = 0.2, max_samples: int = 1 << 20) -> None:
+    def __init__(self, spec: QuantSpec, num_ratios: int = 80, min_ratio: float = 0.2, max_samples: int = 1 << 20,
+                 seed: int = 0) -> None:
         if not 0.0 < min_ratio < 1.0 or num_ratios < 2:
             raise ValueError("MSEObserver needs 0 < min_ratio < 1 and num_ratios >= 2")
         self.ratios = torch.linspace(min_ratio, 1.0, num_ratios)
-        super().__init__(spec, max_samples)
+        super().__init__(spec, max_samples, seed)
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.samples()  # (C, N)

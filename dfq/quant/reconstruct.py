@@ -57,6 +57,10 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be positive")
+        if self.lr <= 0 or self.act_lr < 0 or self.reg_weight < 0 or min(self.beta_start, self.beta_end) <= 0:
+            raise ValueError(f"reconstruction needs lr > 0, act_lr >= 0, reg_weight >= 0 and positive betas, got "
+                             f"lr={self.lr}, act_lr={self.act_lr}, reg_weight={self.reg_weight}, "
+                             f"betas {self.beta_start}->{self.beta_end}")
         if not 0 <= self.drop_prob < 1:
             raise ValueError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if not 0 <= self.warmup < 1:

@@ -7,11 +7,11 @@ import ctypes
 import ctypes.util
 import os
 import sys
-
-import torch
+from pathlib import Path
 
 from dfq.io import write_json_atomic  # noqa: F401  (re-exported for the CLIs)
 from dfq.quant.primitives import MAX_BITS, MIN_BITS
+from gznq.pipeline import default_device  # noqa: F401  (re-exported for the CLIs)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -39,14 +39,31 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_teacher_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
     """--model, --checkpoint and --trust-checkpoint: which teacher, from which weights."""
-    p.add_argument("--model", required=required,
+    p.add_argument("--model", required=True,
                    help="teacher name: cifar10_resnet{20,32,44,56,110}, tv:<torchvision model> or timm:<timm model>")
-    p.add_argument("--checkpoint", help="local weights file for the teacher (default: the published weights)")
+    add_checkpoint_arguments(p, "local weights file for the teacher (default: the published weights)")
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str) -> None:
+    """--checkpoint (with the command's own help) and --trust-checkpoint."""
+    p.add_argument("--checkpoint", help=help)
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that holds pickled Python objects besides its tensors (loading them can "
                         "run code from the file: only for files you trust)")
+
+
+def check_writable_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file that cannot be written: a directory, or under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; give a file name for the output")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{str(path)!r} lies under {str(parent)!r}, which is a file")
+            break
 
 
 def error_message(exc: BaseException) -> str:
@@ -76,10 +93,6 @@ def tune_allocator() -> None:
         libc.mallopt(m_trim_threshold, 1 << 30)
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         pass
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_workers() -> int:

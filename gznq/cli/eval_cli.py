@@ -14,6 +14,7 @@ from dfq.models import create_teacher
 from dfq.quant import is_student_dir, load_student
 from gznq.cli.common import (
     HelpFormatter,
+    check_writable_file,
     default_device,
     default_workers,
     error_message,
@@ -42,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=SPLITS,
                    help="which images of --data: all, or the select / report halves (README, Results)")
     p.add_argument("--limit", type=positive_int, help="evaluate a class-balanced subset of this many images")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=default_workers(), help="data loading processes")
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -98,6 +99,8 @@ def run_generator_report(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the parsed arguments say; returns the JSON payload."""
+    if args.json_out:
+        check_writable_file(args.json_out)
     if args.generator:
         return run_generator_report(args)
     if not args.data:
@@ -122,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"gznq-eval: error: {error_message(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

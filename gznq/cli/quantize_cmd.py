@@ -19,6 +19,7 @@ from gznq.cli.common import (
 )
 from gznq.cli.refine_args import add_refine_arguments, refine_from_args
 from gznq.distill import DistillConfig, gdfq_recipe
+from gznq.distill_stage import STATE_FILE
 from gznq.outdir import partial_dir
 from gznq.pipeline import METHODS, PipelineConfig, run_pipeline
 
@@ -58,7 +59,7 @@ def add_parser(sub) -> None:
     p.add_argument("--a-bits", type=bits, default=8, help="activation bits, 2-8")
     p.add_argument("--protocol", default="deploy", choices=PROTOCOLS,
                    help="paper: as the GDFQ-lineage tables quantize; deploy: what a device runs (README)")
-    p.add_argument("--method", type=parse_methods, default=("calibrate",),
+    p.add_argument("--method", type=parse_methods, default="calibrate",
                    help=f"one of {', '.join(METHODS)}, or a comma-separated chain; calibration always runs first")
     p.add_argument("--weight-observer", default="mse", choices=list(OBSERVERS), help="range of each weight channel")
     p.add_argument("--act-observer", default="mse", choices=list(OBSERVERS),
@@ -87,13 +88,14 @@ def add_parser(sub) -> None:
     d = DistillConfig()
     p.add_argument("--recipe", default="gznq", choices=RECIPES,
                    help="distillation recipe: ours (gznq) or the published GDFQ hyperparameters (gdfq)")
-    p.add_argument("--distill-steps", type=positive_int, default=d.steps)
-    p.add_argument("--distill-batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--distill-lr", type=float, default=d.lr)
-    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--distill-steps", type=positive_int, default=d.steps, help="distillation steps")
+    p.add_argument("--distill-batch-size", type=positive_int, default=d.batch_size, help="images per step")
+    p.add_argument("--distill-lr", type=float, default=d.lr, help="learning rate of the student's weights (>= 0)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="temperature of the KL (> 0)")
     p.add_argument("--mix-fraction", type=float, default=d.mix_fraction,
                    help="share in [0, 1] of each student batch replaced by blends of two images")
-    p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight)
+    p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight,
+                   help="weight (>= 0) of the generator's push toward images where student and teacher disagree")
     p.add_argument("--generator-every", type=int, default=d.generator_every,
                    help="update the generator every N student steps (0: frozen generator)")
     p.add_argument("--distill-weight-scales", action=argparse.BooleanOptionalAction, default=None,
@@ -101,13 +103,14 @@ def add_parser(sub) -> None:
                         "each weight holds for its grid alone)")
     p.add_argument("--save-every", type=positive_int, default=200, help="distillation checkpoint interval in steps")
     p.add_argument("--resume", action="store_true", help="continue the distillation interrupted in OUT.partial")
-    p.add_argument("--seed", type=int, default=0, help="seeds every random choice of the run")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds every random draw of the run (the observers' samples keep their own seed, 0)")
     p.add_argument("--eval-data", help="also evaluate the student beside its teacher on these real images")
     p.add_argument("--eval-split", default="all", choices=SPLITS,
                    help="which images of --eval-data: all, or the select / report halves (README, Results)")
     p.add_argument("--eval-limit", type=positive_int, help="class-balanced subset of that many images")
     p.add_argument("--image-cache", help="directory that keeps (refined) calibration sets for later runs")
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=default_workers(), help="data loading processes")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         result = run_pipeline(config)
     except KeyboardInterrupt:
         work = partial_dir(args.out)
-        if (work / "distill_state.pt").exists():
+        if (work / STATE_FILE).exists():
             print(f"\ninterrupted: {args.out} is unchanged; the distillation checkpoint and a student that "
                   f"evaluates are kept in {work} (continue with the same command and --resume)")
         else:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
         print(f"gznq-train {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -178,6 +178,8 @@ def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, 
                       "--limit", "20", "--no-progress", "--workers", "0"]) == 0
     assert train_main(args) == 2  # a new run would discard the interrupted one: it must be asked for
     assert "holds an interrupted run; pass --resume" in capsys.readouterr().err
+    assert train_main(args + ["--resume", "--w-bits", "8"]) == 2  # not the run that was interrupted
+    assert "started with other options (quant)" in capsys.readouterr().err
     assert train_main(args + ["--resume"]) == 0, capsys.readouterr().err
     assert not partial.exists()
     report = json.loads((out / "report.json").read_text())

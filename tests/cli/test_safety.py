@@ -26,7 +26,7 @@ def test_quantize_refuses_an_out_that_is_not_a_student_and_replaces_its_own_only
     source = f"generator:{generator_dir}"
     # a generator directory (or anything else that is not a student) is never written into
     assert train_main(_quantize(ckpt, source, generator_dir)) == 2
-    assert "does not hold a gznq student; it is left untouched" in capsys.readouterr().err
+    assert "holds files that are not a gznq student; it is left untouched" in capsys.readouterr().err
     out = tmp_path / "s"
     assert train_main(_quantize(ckpt, source, out)) == 0
     first = (out / "student.safetensors").read_bytes()
@@ -63,7 +63,7 @@ def test_sample_refuses_a_foreign_folder_and_overwrites_its_own_when_asked(gener
     (foreign / "holiday.jpg").write_bytes(b"x")
     args = ["sample", "--generator", str(generator_dir), "--num-images", "4", "--batch-size", "4"]
     assert train_main(args + ["--out", str(foreign)]) == 2
-    assert "does not hold a gznq sample set" in capsys.readouterr().err
+    assert "holds files that are not a gznq sample set" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]
     out = tmp_path / "s"
     assert train_main(args + ["--out", str(out)]) == 0
@@ -173,3 +173,22 @@ def test_the_saved_student_evaluates_to_what_the_report_says(weights_dir, cifar_
     # from the counts (teacher correct - student correct) / n, not a difference of two rounded percentages
     flips = report["drop"] * report["num_images"] / 100
     assert report["drop"] == 100 * round(flips) / report["num_images"]
+
+
+def test_a_failed_evaluation_keeps_nothing_and_an_empty_split_is_refused_first(generator_dir, ckpt, tmp_path, capsys):
+    from torchvision.utils import save_image
+
+    data = tmp_path / "data"
+    for c in range(10):
+        (data / f"class{c}").mkdir(parents=True)
+        save_image(torch.rand(3, 32, 32), data / f"class{c}" / "a.png")
+    out = tmp_path / "s"
+    # one image per class: the report half is empty, known before any work
+    assert train_main(_quantize(ckpt, f"generator:{generator_dir}", out, "--eval-data", str(data),
+                                "--eval-split", "report")) == 2
+    err = capsys.readouterr().err
+    assert "the 'report' half of" in err and "holds no images" in err
+    (data / "class3" / "b.jpg").write_text("not an image")  # found only when evaluation reaches it
+    assert train_main(_quantize(ckpt, f"generator:{generator_dir}", out, "--eval-data", str(data))) == 2
+    assert "b.jpg' cannot be read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no student, no OUT.partial

@@ -166,3 +166,20 @@ def test_mse_observer_matches_a_brute_force_search(symmetric, seed):
     lo, hi = obs.compute()
     ref_lo, ref_hi = _brute_force_mse_range(x.tolist(), 3, symmetric, obs.ratios.tolist())
     assert lo.item() == pytest.approx(ref_lo, rel=1e-5) and hi.item() == pytest.approx(ref_hi, rel=1e-5)
+
+
+def test_sample_is_uniform_along_the_batch_too():
+    # image i holds the value i: a sample that favoured the first images (a prefix, a stride) would be skewed
+    x = torch.arange(256.0).view(256, 1, 1, 1).expand(256, 16, 32, 32)
+    obs = PercentileObserver(QuantSpec(8), max_samples=1 << 16)
+    obs.collect(x)
+    s = obs.samples()[0]
+    assert abs(s.mean().item() - 127.5) < 2.0 and s.max() > 250 and s.min() < 5
+
+
+def test_the_observer_seed_picks_the_sample():
+    x = torch.randn(64, 1000)
+    a, b, c = (MSEObserver(QuantSpec(4), max_samples=1000, seed=s) for s in (0, 0, 1))
+    for obs in (a, b, c):
+        obs.collect(x)
+    assert torch.equal(a.samples(), b.samples()) and not torch.equal(a.samples(), c.samples())

@@ -268,3 +268,17 @@ def test_regularizer_exponent_anneals_on_a_cosine_after_the_warmup():
         # a quarter of the way: cosine, not linear (which would give start - (start - end) / 4)
         quarter = end + (start - end) * 0.5 * (1 + 2**-0.5)
         assert _beta(w + 0.25 * (1 - w), config) == pytest.approx(quarter)
+
+
+def test_reconstruction_leaves_the_student_in_the_default_memory_layout():
+    # blocks run channels-last while reconstructing; left that way, the student would compute (by a rounding)
+    # differently from the same weights saved and loaded again
+    teacher, student, images = _setup()
+    reconstruct(student, teacher, images, ReconstructConfig(iterations=2))
+    assert all(p.is_contiguous() for p in student.parameters())
+    reloaded = copy.deepcopy(teacher)
+    reloaded = quantize_model(reloaded, QuantConfig(w_bits=3, a_bits=3, protocol="paper"))
+    reloaded.load_state_dict(student.state_dict())
+    x = torch.cat(images)
+    with torch.no_grad():
+        assert torch.equal(student.eval()(x), reloaded.eval()(x))

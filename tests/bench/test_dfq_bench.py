@@ -1,0 +1,26 @@
+import pytest
+
+from bench.dfq_bench import apply_overrides, parse_args, parse_overrides
+from gznq.pipeline import PipelineConfig
+
+
+def test_overrides_reach_nested_configs_and_are_checked():
+    overrides = parse_overrides("refine.crop_scale=1.0, recon_augment=0, distill.generator_betas=(0.5, 0.9)")
+    config = apply_overrides(PipelineConfig(source="real:."), overrides)
+    assert (config.refine.crop_scale, config.recon_augment, config.distill.generator_betas) == (1.0, 0, (0.5, 0.9))
+    with pytest.raises(ValueError, match="RefineConfig has no field 'crop'"):
+        apply_overrides(PipelineConfig(source="real:."), {"refine.crop": 1})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "report", "--set", "recon_augment=0"], "--split report runs the defaults as shipped"),
+    (["--split", "select", "--set", "eval_split='report'"], "eval_split are set by the bench's own options"),
+    (["--split", "select", "--set", "seed=5"], "seed are set by the bench's own options"),
+    (["--split", "select", "--set", "calib_images=abc"], "'abc' is not a Python literal"),
+    (["--split", "select", "--set", "recon.lr=-1"], "reconstruction needs lr > 0"),
+    (["--split", "select", "--methods", "gznq,magic"], "unknown methods ['magic']"),
+])
+def test_the_bench_refuses_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--out", "unused"])
+    assert message in capsys.readouterr().err
