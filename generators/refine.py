@@ -37,8 +37,13 @@ class RefineConfig:
     label handed on stays the image's own class. crop_scale: below 1, each starting image is first replaced
     by a random resized crop of it covering between crop_scale and all of its area (`random_resized_crop`),
     so that refinement starts from objects at other scales and positions than the generator's few modes per
-    class and the batch it makes is more varied; 1.0 starts from the samples as drawn. The defaults were
-    chosen on the selection split (`dfq/quant/recon_defaults.py` names the runs)."""
+    class and the batch it makes is more varied; 1.0 starts from the samples as drawn.
+
+    Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
+    shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
+    SETTING --methods gznq --seed S --set "refine.crop_scale=1.0"`, likewise `refine.ce_weight=1.0`;
+    docs/benchmarks.md, "Selection on the select split"). steps, lr and the jitter were chosen before the
+    splits existed, on the whole test set, and have not been re-checked."""
 
     steps: int = 50
     lr: float = 0.05
