@@ -106,9 +106,9 @@ def split_indices(targets: Sequence[int], split: str) -> list[int]:
     """The indices of a held-out set's `split`: "all", or one of two disjoint halves, "select" and "report".
 
     Within each class, in the dataset's own order, images at even positions (0, 2, 4, ...) form "select" and
-    those at odd positions "report", so each half keeps the class balance and every class is halved. Choices
-    (defaults, sweeps, probes) are made on "select" and results reported on "report", which no selection run
-    looks at. (On an ImageFolder the order is the sorted file names.)
+    those at odd positions "report", so each half keeps the class balance and every class is halved. Defaults
+    and sweeps choose on "select"; results are reported on "report", which no selection run looks at. (On an
+    ImageFolder the order is the sorted file names.)
 
     Raises:
         ValueError: an unknown split.
