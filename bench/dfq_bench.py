@@ -11,6 +11,11 @@ on one half of the real test set (`--split`, `dfq.data.split_indices`):
                 trained in the loop for --gdfq-steps (its paper: 80,000 steps; say so beside its rows)
   gznq          ours, as shipped: the generator (trained once) -> refined batches -> calibrate -> reconstruct
                 (-> distill with --distill-steps)
+  gznq-raw      gznq on the generator's raw samples (no refinement): what the generator alone is worth
+  noise         gznq's pipeline with noise in place of the generator's samples, refined for as many steps as
+                fill the seconds gznq spent on the generator's training and its refinement (matched to the
+                gznq row of the same setting run before it in this command, or --noise-steps): the
+                no-generator control at equal CPU seconds
 
 `--split select` is for choosing: `--set` changes any PipelineConfig field (dotted for nested configs, e.g.
 "refine.crop_scale=1.0, recon_augment=0") and labels the row with it. `--split report` is for reporting: it
@@ -47,7 +52,7 @@ from gznq.cli.common import tune_allocator
 from gznq.distill import DistillConfig, gdfq_recipe
 from gznq.pipeline import PipelineConfig, run_pipeline
 
-METHODS = ("real-calib", "real-recon", "real-distill", "pixels", "gdfq", "gznq")
+METHODS = ("real-calib", "real-recon", "real-distill", "pixels", "gdfq", "gznq", "gznq-raw", "noise")
 SPLITS = tuple(s for s in DATA_SPLITS if s != "all")
 # what a row is measured on and recorded as: set by the bench's own options, never by --set
 FIXED_BY_THE_BENCH = ("model", "checkpoint", "source", "methods", "seed", "eval_data", "eval_split", "eval_limit", "out",
@@ -68,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="gznq", help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after reconstruction (0: none)")
     p.add_argument("--gdfq-steps", type=int, default=500, help="the GDFQ recipe's budget here (its paper: 80,000)")
+    p.add_argument("--noise-steps", type=int,
+                   help="refinement steps of the noise rows (default: matched to the seconds of the gznq row before)")
     p.add_argument("--set", dest="overrides", default="",
                    help="PipelineConfig fields, e.g. 'refine.crop_scale=1.0, recon.last_block=False' (select only)")
     p.add_argument("--image-cache", default="runs/cache", help="where (refined) calibration sets are kept")
@@ -149,8 +156,10 @@ class Bench:
         self.args = args
         self.teacher = create_teacher(args.model, checkpoint=args.checkpoint)
         self.overrides = parse_overrides(args.overrides)
-        self.gen_seconds = self._ensure_generator() if {"gznq", "gdfq"} & set(args.methods.split(",")) else 0.0
+        uses_generator = {"gznq", "gznq-raw", "gdfq", "noise"} & set(args.methods.split(","))
+        self.gen_seconds = self._ensure_generator() if uses_generator else 0.0
         self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
+        self.gznq_rows: dict[tuple[int, str], dict] = {}  # (bits, protocol) -> the gznq row's image seconds
 
     def _ensure_generator(self) -> float:
         path = Path(self.args.generator)
@@ -192,23 +201,47 @@ class Bench:
             # calibrated on the raw samples of our generator, as GDFQ's activation ranges are then tracked
             config = PipelineConfig(source=gen, methods=("distill",), fresh_generator=True,
                                     refine=RefineConfig(steps=0), **common)
+        elif method == "noise":
+            config = apply_overrides(PipelineConfig(source="noise", methods=("reconstruct",), **common), self.overrides)
+            return dataclasses.replace(config, refine=dataclasses.replace(
+                config.refine, steps=self.noise_steps(bits, protocol, config.refine.steps))), 0.0
         else:
             config = PipelineConfig(source=gen, methods=("reconstruct", *distill), **common)
+            if method == "gznq-raw":
+                config = dataclasses.replace(config, refine=RefineConfig(steps=0))
             extra = self.gen_seconds
         return apply_overrides(config, self.overrides), extra
+
+    def noise_steps(self, bits: int, protocol: str, steps: int) -> int:
+        """--noise-steps, or the refinement steps whose seconds equal those gznq spent on this setting: its
+        generator's training plus its refinement of `steps` steps a batch (refinement costs the same per step
+        from noise as from samples)."""
+        if self.args.noise_steps:
+            return self.args.noise_steps
+        gznq = self.gznq_rows.get((bits, protocol))
+        if gznq is None:
+            raise ValueError("the noise rows are matched to the seconds of a gznq row: put gznq before noise in "
+                             "--methods, or give --noise-steps")
+        return max(1, round(steps * (self.gen_seconds + gznq["image_seconds"]) / gznq["image_seconds"]))
 
     def run(self, method: str, bits: int, protocol: str) -> dict:
         config, extra = self.config(method, bits, protocol)
         start = time.perf_counter()
         report = run_pipeline(config, teacher=self.teacher).report
         wall = time.perf_counter() - start
+        if method == "gznq":
+            self.gznq_rows[(bits, protocol)] = {"image_seconds": report["image_seconds"]}
         reused = report["image_seconds"] if report["images_reused"] else 0.0
         label = method + (f"[{self.args.overrides}]" if self.args.overrides else "")
         if method in ("gznq", "pixels", "real-distill") and self.args.distill_steps:
             label += f"+distill({self.args.distill_steps})"
         if method == "gdfq":
             label += f"({self.args.gdfq_steps} steps)"
+        if method == "noise":
+            label += f"({config.refine.steps} steps)"
+        generator = self.args.generator if method in ("gznq", "gznq-raw", "gdfq") else None
         return {"model": self.args.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": label,
+                "generator": generator,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
                 "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
@@ -216,7 +249,7 @@ class Bench:
                 "recon_last_block": report.get("recon_last_block")}
 
 
-KEY = ("model", "setting", "method", "pipeline", "split", "seed")
+KEY = ("model", "setting", "method", "pipeline", "generator", "split", "seed")
 
 
 def main(argv=None) -> None:

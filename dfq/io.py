@@ -82,12 +82,14 @@ def check_finite(tensors: dict, *, where: str, unset: tuple[str, ...] = ()) -> N
         raise ValueError(f"{where} holds non-finite values (NaN or inf) in {len(bad)} tensors: {names}")
 
 
-def truncate_log(path: str | os.PathLike, last_step: int) -> list[str]:
+def truncate_log(path: str | os.PathLike, last_step: int, columns: list[str] | None = None) -> list[str]:
     """Keep the header and the rows of a CSV log whose `step` is at most `last_step`, atomically (a run
-    resumed from the checkpoint of that step logs the later ones again); returns the header.
+    resumed from the checkpoint of that step logs the later ones again); returns the header as it was. With
+    `columns`, a log written with fewer columns (by an earlier version) is rewritten with these, its rows
+    left empty where it had no value.
 
     Raises:
-        ValueError: the file has no `step` column.
+        ValueError: the file has no `step` column, or columns that `columns` lacks.
     """
     import csv
 
@@ -95,12 +97,19 @@ def truncate_log(path: str | os.PathLike, last_step: int) -> list[str]:
         rows = list(csv.reader(f))
     if not rows or "step" not in rows[0]:
         raise ValueError(f"{str(path)!r} is not a log with a step column")
-    at = rows[0].index("step")
-    kept = [rows[0]] + [r for r in rows[1:] if int(r[at]) <= last_step]
+    header = rows[0]
+    at = header.index("step")
+    kept = [r for r in rows[1:] if int(r[at]) <= last_step]
+    if columns is not None and header != columns:
+        extra = [c for c in header if c not in columns]
+        if extra:
+            raise ValueError(f"{str(path)!r} has columns {extra} that this run does not log; it is not this run's log")
+        kept = [[dict(zip(header, r)).get(c, "") for c in columns] for r in kept]
+    kept = [columns if columns is not None else header] + kept
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
     atomic_write(path, write)
-    return rows[0]
+    return header

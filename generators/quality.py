@@ -3,7 +3,8 @@ diversity of teacher features and of pixels (against real images), and stream th
 
 Both diversity figures are reported because either alone misleads: feature distance can stay high while
 images of one class look alike (small pixel changes that move the features), and pixel distance can stay
-high for noise the teacher does not see."""
+high for noise the teacher does not see. Pixel diversity is measured on images average-pooled to 8 x 8
+(`pixel_size`), so that per-pixel noise, which the teacher hardly sees, cannot count as variety."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from torch import nn
 from dfq.modes import frozen
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss, bn_l2_loss
 from generators.stream import SyntheticStream
+
+PIXEL_SIZE = 8  # side to which images are average-pooled for the pixel-diversity figure
 
 
 @contextlib.contextmanager
@@ -63,10 +66,12 @@ class QualityReport:
     real_diversity: float | None  # the same on real images, when given
     num_images: int
     images_per_second: float | None = None  # stream throughput, when measured
-    pixel_diversity: float | None = None  # within-class mean pairwise distance of the (normalized) images
+    pixel_diversity: float | None = None  # within-class mean pairwise distance of the (normalized) images,
+    # average-pooled to pixel_size x pixel_size
     real_pixel_diversity: float | None = None
     confidence: float | None = None  # the teacher's mean top softmax probability on the images
     real_confidence: float | None = None
+    pixel_size: int = PIXEL_SIZE
 
     @property
     def diversity_ratio(self) -> float | None:
@@ -83,8 +88,8 @@ class QualityReport:
                 "pixel_diversity_ratio": self.pixel_diversity_ratio}
 
 
-def _pixel_vectors(x: torch.Tensor, size: int = 32) -> torch.Tensor:
-    """Images as vectors for the pixel-diversity figure, at most size x size so large models stay cheap."""
+def _pixel_vectors(x: torch.Tensor, size: int = PIXEL_SIZE) -> torch.Tensor:
+    """Images as vectors for the pixel-diversity figure, average-pooled to at most size x size."""
     if x.shape[-1] > size:
         x = torch.nn.functional.adaptive_avg_pool2d(x, size)
     return x.flatten(1).cpu()
@@ -107,7 +112,7 @@ class _Judged:
 
 
 @torch.no_grad()
-def _judge(teacher: nn.Module, batches: Iterable, *, bn_losses: bool) -> _Judged:
+def _judge(teacher: nn.Module, batches: Iterable, *, bn_losses: bool, pixel_size: int) -> _Judged:
     feats, labels, pixels, top = [], [], [], []
     correct = num_batches = 0
     kl = l2 = 0.0
@@ -125,20 +130,23 @@ def _judge(teacher: nn.Module, batches: Iterable, *, bn_losses: bool) -> _Judged
             num_batches += 1
             feats.append(captured[-1].cpu())
             labels.append(y.cpu())
-            pixels.append(_pixel_vectors(x))
+            pixels.append(_pixel_vectors(x, pixel_size))
     if num_batches == 0:
         raise ValueError("no images to judge: the batches were empty")
     return _Judged(torch.cat(feats), torch.cat(labels), torch.cat(pixels), torch.cat(top), correct, kl, l2,
                    num_batches)
 
 
-def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iterable | None = None) -> QualityReport:
+def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iterable | None = None,
+                    pixel_size: int = PIXEL_SIZE) -> QualityReport:
     """Judge (normalized images, labels) batches from any source with the teacher (in eval mode): its top-1
     against the labels, its mean top softmax probability (confidence), both BN losses (averaged over
-    batches), and within-class feature and pixel diversity, beside those of `real_batches` when given."""
+    batches), and within-class feature and pixel diversity (images average-pooled to `pixel_size`), beside
+    those of `real_batches` when given."""
     with frozen(teacher):
-        seen = _judge(teacher, batches, bn_losses=True)
-        real = _judge(teacher, real_batches, bn_losses=False) if real_batches is not None else None
+        seen = _judge(teacher, batches, bn_losses=True, pixel_size=pixel_size)
+        real = (_judge(teacher, real_batches, bn_losses=False, pixel_size=pixel_size)
+                if real_batches is not None else None)
     return QualityReport(
         teacher_top1=100 * seen.correct / len(seen.labels), bn_kl=seen.bn_kl / seen.num_batches,
         bn_l2=seen.bn_l2 / seen.num_batches, diversity=within_class_distance(seen.features, seen.labels),
@@ -146,6 +154,7 @@ def measure_quality(teacher: nn.Module, batches: Iterable, *, real_batches: Iter
         num_images=len(seen.labels), pixel_diversity=within_class_distance(seen.pixels, seen.labels),
         real_pixel_diversity=within_class_distance(real.pixels, real.labels) if real else None,
         confidence=seen.top_prob.mean().item(), real_confidence=real.top_prob.mean().item() if real else None,
+        pixel_size=pixel_size,
     )
 
 

@@ -1,5 +1,6 @@
 """Training a conditional generator against a fixed teacher: class fidelity (cross-entropy), BatchNorm
-statistics (KL or L2), mode seeking and total variation, with random jitter before the teacher."""
+statistics (KL or L2) of the whole batch and, for the first layers, of each class, the latent posterior
+(`generators.posterior`), mode seeking and total variation, with random jitter before the teacher."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
 from generators.augment import random_jitter
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer
+from generators.bn_stats import BN_LOSSES, BNInputs, BNStatsRecorder, SumReducer, class_bn_kl_loss
 from generators.checkpoint import (
     META_FILE,
     load_generator,
@@ -34,13 +35,17 @@ from generators.checkpoint import (
 from generators.grid import save_class_grid
 from generators.losses import mode_seeking_loss, total_variation
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.posterior import LatentPosterior, latent_nll
 from generators.quality import capture_penultimate
 
 
 @dataclass(frozen=True)
 class GeneratorTrainConfig:
-    """Generator training. Loss = ce_weight * CE + bn_weight * BN + diversity_weight * mode seeking
-    + tv_weight * TV."""
+    """Generator training. Loss = ce_weight * CE + bn_weight * BN + class_bn_weight * per-class BN of the
+    first class_bn_layers BN layers + info_weight * latent NLL under q(z | x) (read from the image pooled to
+    info_size) + diversity_weight * mode seeking + tv_weight * TV. diversity_space: mode seeking on the
+    teacher's penultimate features ("feature"), the images ("pixel") or the images pooled to info_size
+    ("pooled")."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -53,7 +58,11 @@ class GeneratorTrainConfig:
     ce_weight: float = 1.0
     label_smoothing: float = 0.0
     diversity_weight: float = 0.1
-    diversity_space: str = "feature"  # mode seeking on teacher penultimate features ("feature") or images ("pixel")
+    diversity_space: str = "feature"
+    info_weight: float = 0.0
+    info_size: int = 8
+    class_bn_weight: float = 0.0
+    class_bn_layers: int = 3
     tv_weight: float = 0.0
     max_shift: int = 2  # random-crop jitter in pixels
     flip: bool = True
@@ -67,8 +76,13 @@ class GeneratorTrainConfig:
             raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
-        if self.diversity_space not in ("pixel", "feature"):
-            raise ValueError(f"diversity_space must be 'pixel' or 'feature', got {self.diversity_space!r}")
+        if self.diversity_space not in ("pixel", "feature", "pooled"):
+            raise ValueError(f"diversity_space must be 'pixel', 'feature' or 'pooled', got {self.diversity_space!r}")
+        if min(self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
+               self.tv_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.info_size < 1 or self.class_bn_layers < 1:
+            raise ValueError("info_size and class_bn_layers must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
 
@@ -96,11 +110,16 @@ class GeneratorObjective(nn.Module):
     (total loss, dict of float parts). Kept separate from the loop so distillation can reuse it."""
 
     def __init__(self, teacher: nn.Module, spec: InputSpec, config: GeneratorTrainConfig, *,
-                 reduce_sums: SumReducer | None = None) -> None:
+                 reduce_sums: SumReducer | None = None, latent_dim: int | None = None) -> None:
         super().__init__()
         self.teacher, self.spec, self.config = teacher, spec, config
         self.reduce_sums = reduce_sums
         self.bn_loss = BN_LOSSES[config.bn_loss]
+        self.posterior = None  # trained with the generator: its parameters are this module's
+        if config.info_weight:
+            if latent_dim is None:
+                raise ValueError("info_weight > 0 needs latent_dim, the generator's latent size")
+            self.posterior = LatentPosterior(latent_dim, spec.channels, config.info_size)
 
     def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int | None = None):
         """(images in [0, 1], labels, latents) with pairs sharing labels: rows i and i + B/2."""
@@ -117,19 +136,26 @@ class GeneratorObjective(nn.Module):
         c = self.config
         jittered = random_jitter(x, max_shift=c.max_shift, flip=c.flip, generator=rng)
         feature_div = c.diversity_weight and c.diversity_space == "feature"
+        zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
-                capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats:
+                capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats, \
+                BNInputs(self.teacher, c.class_bn_layers) if c.class_bn_weight else contextlib.nullcontext() as early:
             logits = self.teacher(normalize(jittered, self.spec.mean, self.spec.std))
         ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
         bn = self.bn_loss(rec.stats)
+        class_bn = class_bn_kl_loss(early.inputs, y, early.layers) if c.class_bn_weight else zero
+        info = latent_nll(*self.posterior(x), z) if self.posterior is not None else zero
         half = x.shape[0] // 2
-        pairs = feats[-1] if feature_div else x
-        div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:]) if c.diversity_weight else x.new_zeros(())
-        tv = total_variation(x) if c.tv_weight else x.new_zeros(())
-        total = c.ce_weight * ce + c.bn_weight * bn + c.diversity_weight * div + c.tv_weight * tv
+        pairs = {"feature": lambda: feats[-1], "pixel": lambda: x,
+                 "pooled": lambda: F.adaptive_avg_pool2d(x, c.info_size)}[c.diversity_space]() \
+            if c.diversity_weight else None
+        div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:]) if c.diversity_weight else zero
+        tv = total_variation(x) if c.tv_weight else zero
+        total = (c.ce_weight * ce + c.bn_weight * bn + c.class_bn_weight * class_bn + c.info_weight * info
+                 + c.diversity_weight * div + c.tv_weight * tv)
         acc = (logits.argmax(1) == y).float().mean()
-        parts = {"loss": total.item(), "ce": ce.item(), "bn": bn.item(), "div": div.item(), "tv": tv.item(),
-                 "acc": acc.item()}
+        parts = {"loss": total.item(), "ce": ce.item(), "bn": bn.item(), "class_bn": class_bn.item(),
+                 "info": info.item(), "div": div.item(), "tv": tv.item(), "acc": acc.item()}
         return total, parts
 
     def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -193,9 +219,14 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
                                                                            image_size=spec.image_size))
         generator.to(device)
         state = None
-    objective = GeneratorObjective(teacher, spec, config)
+    with torch.random.fork_rng(devices=[]):  # the posterior's initial weights from the run's seed too
+        torch.manual_seed(config.seed + 1)
+        objective = GeneratorObjective(teacher, spec, config, latent_dim=generator.config.latent_dim).to(device)
+    if state is not None and "objective" in state:
+        objective.load_state_dict(state["objective"], strict=False)
     generator.train()
-    opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    trained = list(generator.parameters()) + (list(objective.posterior.parameters()) if objective.posterior else [])
+    opt = torch.optim.Adam(trained, lr=config.lr, betas=config.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, config))
     rng = torch.Generator().manual_seed(config.seed)
     step, elapsed = 0, 0.0
@@ -207,16 +238,18 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
 
     def checkpoint() -> None:
         record = {"step": step, "seconds": elapsed, "train_config": config.to_dict()}
+        posterior = objective.posterior.state_dict() if objective.posterior is not None else {}
         save_train_state(out, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.get_state(),
-                               "step": step, "elapsed": elapsed, "config": config.to_dict()})
+                               "step": step, "elapsed": elapsed, "config": config.to_dict(),
+                               "objective": {f"posterior.{k}": v for k, v in posterior.items()}})
         save_generator(generator, out, teacher=teacher_name, fingerprint=fingerprint,
                        spec=dataclasses.asdict(spec), record=record)
 
     log_path = out / "losses.csv"
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["step", "loss", "ce", "bn", "div", "tv", "acc", "lr", "seconds"]
+    fields = ["step", "loss", "ce", "bn", "class_bn", "info", "div", "tv", "acc", "lr", "seconds"]
     if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again
-        truncate_log(log_path, step)
+        truncate_log(log_path, step, fields)
     bar = tqdm(total=config.steps, initial=step, desc="generator", disable=not progress)
     try:
         with open(log_path, "a", newline="") as log_file:

@@ -36,7 +36,7 @@ from generators.refine import RefineConfig
 from gznq.distill import Distiller, DistillConfig
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
 from gznq.outdir import ResultKind, check_output, writing_output
-from gznq.sources import check_source, image_set, parse_source
+from gznq.sources import REFINABLE, check_source, image_set, parse_source
 
 METHODS = ("calibrate", "reconstruct", "distill")
 REPORT_FILE = "report.json"
@@ -53,9 +53,9 @@ class PipelineConfig:
     """One data-free quantization run.
 
     model, checkpoint, trust_checkpoint: the teacher (see `dfq.create_teacher`). source: where calibration
-    images come from, `real:DIR`, `generator:DIR` or `pixels:DIR` (`gznq.sources`). quant: how the student is
-    quantized (the default: W8A8 `deploy` with MSE observers for weights and activations). methods: the chain
-    after calibration, which always runs first: "reconstruct" and/or "distill".
+    images come from, `real:DIR`, `generator:DIR`, `pixels:DIR` or `noise` (`gznq.sources`). quant: how the
+    student is quantized (the default: W8A8 `deploy` with MSE observers for weights and activations).
+    methods: the chain after calibration, which always runs first: "reconstruct" and/or "distill".
 
     calib_images, batch_size: the calibration set, made (and for a generator refined with `refine`) in
     batches of batch_size; refinement matches each batch's BN statistics as a whole. recon: block-wise
@@ -132,6 +132,9 @@ class PipelineConfig:
                              "generator source")
         if self.save_every < 1:
             raise ValueError(f"save_every must be positive, got {self.save_every}")
+        if source.kind == "noise" and (self.refine.steps == 0 or "distill" in self.methods):
+            raise ValueError("the noise source only starts refinement: it needs refine.steps > 0 (--refine-steps) "
+                             "and no distill (distillation draws from a generator, real or pixel source)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -220,7 +223,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     """Quantize, calibrate, reconstruct and distill as `c` says; returns the student and the report so far."""
     start = time.perf_counter()
     student = quantize_model(teacher, c.quant)
-    refine = c.refine if source.kind == "generator" and c.refine.steps > 0 else None
+    refine = c.refine if source.kind in REFINABLE and c.refine.steps > 0 else None
     state = load_distill_state(work) if c.resume else None
     if state is not None:  # the student, its metadata and its records come from the interrupted run
         _check_resumed(c, state)

@@ -3,6 +3,8 @@
     real:DIR        real images (ImageFolder or CIFAR root): the ceiling data-free methods are judged against
     generator:DIR   a generator trained with `train.py generator` for the same teacher: a seeded stream
     pixels:DIR      a pixel-optimized set made with `train.py pixels` (the ZeroQ/DeepInversion baseline)
+    noise           seeded noise images, sigmoid(N(0, 1)) per pixel, to be refined (`refine.steps` > 0): the
+                    no-generator control, refinement from noise with the same refinement a generator's samples get
 """
 
 from __future__ import annotations
@@ -27,18 +29,19 @@ from generators.checkpoint import load_generator, teacher_fingerprint
 from generators.network import normalize
 from generators.pixel_opt import load_pixels
 from generators.refine import RefineConfig, RefinedBatches
-from generators.stream import SyntheticStream
+from generators.stream import SyntheticStream, batch_seed
 
-SOURCE_KINDS = ("real", "generator", "pixels")
+SOURCE_KINDS = ("real", "generator", "pixels", "noise")
+REFINABLE = ("generator", "noise")  # sources whose batches refinement applies to
 
 
 @dataclass(frozen=True)
 class Source:
     kind: str
-    path: Path
+    path: Path | None  # None for noise
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.path}"
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
 
 
 def parse_source(text: str) -> Source:
@@ -47,6 +50,8 @@ def parse_source(text: str) -> Source:
     Raises:
         ValueError: no kind, or an unknown kind.
     """
+    if str(text) in ("noise", "noise:"):
+        return Source("noise", None)
     kind, sep, path = str(text).partition(":")
     if not sep or not path:
         raise ValueError(f"source {text!r} must look like KIND:PATH, e.g. real:../shared/assets/cifar10-jpeg/train")
@@ -78,12 +83,18 @@ def open_source(
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
     refining = refine is not None and refine.steps > 0
-    if refining and source.kind != "generator":
-        raise ValueError(f"refinement applies to generator sources, not {source.kind}:; set its steps to 0")
+    if refining and source.kind not in REFINABLE:
+        raise ValueError(f"refinement applies to generator and noise sources, not {source.kind}:; set its steps to 0")
+    if source.kind == "noise" and not refining:
+        raise ValueError("the noise source is a starting point for refinement: give refinement steps > 0")
     if source.kind == "real":
         return real_calibration_loader(source.path, spec, num_images=num_images, batch_size=batch_size, seed=seed,
                                        num_workers=num_workers)
     device = next(teacher.parameters()).device
+    if source.kind == "noise":
+        noise = NoiseBatches(spec, batch_size=batch_size, num_batches=math.ceil(num_images / batch_size), seed=seed,
+                             device=device)
+        return RefinedBatches(noise, teacher, spec, refine, seed=seed)
     if source.kind == "generator":
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
@@ -96,13 +107,32 @@ def open_source(
     return DataLoader(TensorDataset(images.to(device), labels[:num_images].to(device)), batch_size=batch_size)
 
 
+class NoiseBatches:
+    """`num_batches` batches of (noise images in [0, 1], class-balanced labels), batch i seeded by (seed, i)."""
+
+    def __init__(self, spec: InputSpec, *, batch_size: int, num_batches: int, seed: int = 0, device=None) -> None:
+        self.spec, self.batch_size, self.num_batches, self.seed = spec, batch_size, num_batches, seed
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        s = self.spec
+        for index in range(self.num_batches):
+            rng = torch.Generator().manual_seed(batch_seed(self.seed, index))
+            labels = (torch.arange(self.batch_size) + index * self.batch_size) % s.num_classes
+            images = torch.sigmoid(torch.randn(self.batch_size, s.channels, s.image_size, s.image_size, generator=rng))
+            yield images.to(self.device), labels.to(self.device)
+
+
 def check_source(source: Source) -> None:
     """Refuse a source whose path is not there, before any work is done.
 
     Raises:
         FileNotFoundError: the path does not exist, with the command that makes it.
     """
-    if source.path.exists():
+    if source.path is None or source.path.exists():
         return
     make = {"real": "an ImageFolder directory (one subfolder per class) or a CIFAR root",
             "generator": "a generator directory made by `train.py generator`",

@@ -29,3 +29,16 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o644
+
+
+def test_truncate_log_keeps_rows_up_to_the_step_and_widens_an_older_header(tmp_path):
+    from dfq.io import truncate_log
+
+    log = tmp_path / "losses.csv"
+    log.write_text("step,loss\n10,0.5\n20,0.4\n30,0.3\n")
+    assert truncate_log(log, 20) == ["step", "loss"]
+    assert log.read_text().splitlines() == ["step,loss", "10,0.5", "20,0.4"]
+    assert truncate_log(log, 20, ["step", "loss", "info"]) == ["step", "loss"]
+    assert log.read_text().splitlines() == ["step,loss,info", "10,0.5,", "20,0.4,"]
+    with pytest.raises(ValueError, match=r"columns \['info'\] that this run does not log"):
+        truncate_log(log, 20, ["step", "loss"])

@@ -49,6 +49,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--bn-weight", type=float, default=_TRAIN_DEFAULTS.bn_weight, help="weight of the BN loss")
     p.add_argument("--diversity-weight", type=float, default=_TRAIN_DEFAULTS.diversity_weight,
                    help="weight of the mode-seeking term (different latents, different images)")
+    p.add_argument("--diversity-space", default=_TRAIN_DEFAULTS.diversity_space, choices=["pooled", "feature", "pixel"],
+                   help="where mode seeking measures the difference of two images: pooled to 8x8, the teacher's "
+                        "penultimate features, or full-resolution pixels")
+    p.add_argument("--ce-weight", type=float, default=_TRAIN_DEFAULTS.ce_weight,
+                   help="weight of the teacher's cross-entropy on each image's class")
+    p.add_argument("--class-bn-weight", type=float, default=_TRAIN_DEFAULTS.class_bn_weight,
+                   help="weight of the per-class BN loss of the first --class-bn-layers BN layers (each class "
+                        "alone must have their statistics)")
+    p.add_argument("--class-bn-layers", type=positive_int, default=_TRAIN_DEFAULTS.class_bn_layers,
+                   help="how many of the teacher's first BN layers the per-class BN loss covers")
+    p.add_argument("--info-weight", type=float, default=_TRAIN_DEFAULTS.info_weight,
+                   help="weight of the latent posterior term, -log q(z | x) (generators/posterior.py)")
     p.add_argument("--tv-weight", type=float, default=_TRAIN_DEFAULTS.tv_weight, help="weight of total variation")
     p.add_argument("--label-smoothing", type=float, default=_TRAIN_DEFAULTS.label_smoothing, help="in [0, 1)")
     p.add_argument("--width", type=positive_int, default=_GEN_DEFAULTS["width"], help="channels of the first feature map")
@@ -96,8 +108,9 @@ def add_parsers(sub) -> None:
 def run_generator(args: argparse.Namespace) -> None:
     config = GeneratorTrainConfig(
         steps=args.steps or _TRAIN_DEFAULTS.steps, batch_size=args.batch_size, lr=args.lr, bn_loss=args.bn_loss,
-        bn_weight=args.bn_weight, diversity_weight=args.diversity_weight, tv_weight=args.tv_weight,
-        label_smoothing=args.label_smoothing, seed=args.seed,
+        bn_weight=args.bn_weight, diversity_weight=args.diversity_weight, diversity_space=args.diversity_space,
+        ce_weight=args.ce_weight, class_bn_weight=args.class_bn_weight, class_bn_layers=args.class_bn_layers,
+        info_weight=args.info_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing, seed=args.seed,
     )
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
     teacher.to(args.device, memory_format=torch.channels_last)

@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a teacher, calibrate (reconstruct, distill) it; writes a student",
                        formatter_class=HelpFormatter)
     add_teacher_arguments(p)
-    p.add_argument("--source", required=True, help="calibration images: real:DIR, generator:DIR or pixels:DIR")
+    p.add_argument("--source", required=True, help="calibration images: real:DIR, generator:DIR, pixels:DIR, or noise (refined from noise: the no-generator control)")
     p.add_argument("--out", required=True, help="student directory (written as OUT.partial, renamed when done)")
     p.add_argument("--overwrite", action="store_true", help="replace the student already in --out (once the new "
                                                             "one is complete), or discard an interrupted OUT.partial")

@@ -24,3 +24,17 @@ def test_the_bench_refuses_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv + ["--out", "unused"])
     assert message in capsys.readouterr().err
+
+
+def test_noise_rows_get_the_refinement_steps_that_fill_the_generators_seconds():
+    from bench.dfq_bench import Bench
+
+    bench = Bench.__new__(Bench)
+    bench.args = parse_args(["--split", "select", "--methods", "gznq,noise", "--out", "unused"])
+    bench.gen_seconds, bench.gznq_rows = 300.0, {}
+    with pytest.raises(ValueError, match="put gznq before noise"):
+        bench.noise_steps(4, "paper", 50)
+    bench.gznq_rows[(4, "paper")] = {"image_seconds": 150.0}
+    assert bench.noise_steps(4, "paper", 50) == 150  # 50 steps cost 150 s, so 450 s buy 150 steps
+    bench.args.noise_steps = 70
+    assert bench.noise_steps(4, "paper", 50) == 70

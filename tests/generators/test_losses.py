@@ -40,3 +40,22 @@ def test_mode_seeking_loss_of_collapsed_pairs_is_one_over_eps():
     x = torch.rand(3, 3, 4, 4)
     z1, z2 = torch.zeros(3, 8), torch.ones(3, 8)
     assert mode_seeking_loss(x, x.clone(), z1, z2, 1e-3).item() == pytest.approx(1e3, rel=1e-6)
+
+
+def test_latent_nll_is_the_gaussian_entropy_for_a_blind_posterior_and_lower_for_a_knowing_one():
+    import math
+
+    from generators.posterior import LatentPosterior, latent_nll
+
+    z = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
+    blind = latent_nll(torch.zeros_like(z), torch.zeros_like(z), z).item()
+    assert blind == pytest.approx(0.5 * math.log(2 * math.pi * math.e), abs=0.02)
+    knowing = latent_nll(z + 0.1 * torch.randn_like(z), torch.full_like(z, math.log(0.01)), z).item()
+    assert knowing < blind - 1.5
+    posterior = LatentPosterior(latent_dim=16, channels=3, size=4)
+    mean, logvar = posterior(torch.rand(5, 3, 32, 32))
+    assert mean.shape == logvar.shape == (5, 16) and logvar.min() >= -6 and logvar.max() <= 2
+    # it reads the pooled image only: pixel noise that averages out within a 8x8 cell cannot reach it
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    checker = flat + 0.1 * (torch.arange(32)[:, None] + torch.arange(32)[None, :]).remainder(2).mul(2).sub(1)
+    assert torch.allclose(posterior(flat)[0], posterior(checker)[0], atol=1e-6)

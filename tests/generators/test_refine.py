@@ -59,7 +59,7 @@ def test_refined_batches_are_normalized_and_repeat_exactly():
 
 
 def test_refinement_of_a_real_source_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="refinement applies to generator sources, not real:"):
+    with pytest.raises(ValueError, match="refinement applies to generator and noise sources, not real:"):
         open_source(Source("real", tmp_path), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
                     num_images=4, refine=RefineConfig(steps=5))
 

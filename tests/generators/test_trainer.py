@@ -58,11 +58,12 @@ def test_checkpoint_reloads_to_identical_samples_and_refuses_other_teachers(tmp_
         load_generator(tmp_path / "nothing")
 
 
-def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monkeypatch):
+@pytest.mark.parametrize("terms", [{}, {"info_weight": 0.5, "class_bn_weight": 1.0, "diversity_space": "pooled"}])
+def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monkeypatch, terms):
     teacher = tiny_teacher()
     torch.manual_seed(0)
     train_generator(teacher, TINY_SPEC, tmp_path / "full", teacher_name="tiny", gen_config=GEN,
-                    config=_config(steps=20, save_every=100), progress=False)
+                    config=_config(steps=20, save_every=100, **terms), progress=False)
 
     calls = {"n": 0}
     original = GeneratorObjective.forward
@@ -75,9 +76,10 @@ def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monke
 
     monkeypatch.setattr(GeneratorObjective, "forward", ctrl_c_at_step_8)
     torch.manual_seed(0)
+    torch.manual_seed(123)  # the run's own seed, not the global one, decides every initial weight
     with pytest.raises(KeyboardInterrupt):
         train_generator(teacher, TINY_SPEC, tmp_path / "cut", teacher_name="tiny", gen_config=GEN,
-                        config=_config(steps=20, save_every=100), progress=False)
+                        config=_config(steps=20, save_every=100, **terms), progress=False)
     monkeypatch.setattr(GeneratorObjective, "forward", original)
     _, meta = load_generator(tmp_path / "cut", teacher_name="tiny")
     assert meta["record"]["step"] == 7  # Ctrl-C saved the last completed step
@@ -86,6 +88,8 @@ def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monke
     resumed = list(csv.DictReader(open(tmp_path / "cut" / "losses.csv")))
     assert [r["step"] for r in resumed] == [str(i) for i in range(1, 21)]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+    if terms:
+        assert all(float(r["info"]) > 0 and float(r["class_bn"]) > 0 for r in resumed)
 
 
 def test_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path):
@@ -121,3 +125,38 @@ def test_objective_parts_and_schedule():
         GeneratorTrainConfig(bn_loss="wasserstein")
     assert teacher_fingerprint(teacher) == teacher_fingerprint(tiny_teacher())
     assert dataclasses.asdict(c)["tv_weight"] == 0.1
+
+
+def test_objective_with_latent_and_class_terms_adds_them_and_trains_the_posterior():
+    teacher = tiny_teacher()
+    config = _config(info_weight=0.5, class_bn_weight=2.0, class_bn_layers=2, diversity_space="pooled")
+    objective = GeneratorObjective(teacher, TINY_SPEC, config, latent_dim=GEN.latent_dim)
+    generator = ConditionalGenerator(GEN)
+    loss, parts = objective(generator, torch.Generator().manual_seed(0))
+    expected = (parts["ce"] + parts["bn"] + 2.0 * parts["class_bn"] + 0.5 * parts["info"]
+                + config.diversity_weight * parts["div"])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["class_bn"] > 0 and parts["info"] > 0
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.posterior.parameters())
+    with pytest.raises(ValueError, match="latent_dim"):
+        GeneratorObjective(teacher, TINY_SPEC, config)
+    with pytest.raises(ValueError, match=">= 0"):
+        _config(info_weight=-1.0)
+    with pytest.raises(ValueError, match="diversity_space"):
+        _config(diversity_space="latent")
+
+
+def test_pooled_mode_seeking_makes_different_latents_give_visibly_different_images(tmp_path):
+    """Mode seeking on images pooled to 2x2 (the tiny teacher's 8x8 images): the latent must move the coarse
+    layout, which per-pixel noise cannot fake. Without it this generator's images of a class collapse."""
+    def coarse_spread(**kw):
+        generator = train_generator(tiny_teacher(), TINY_SPEC, tmp_path / str(len(kw)), teacher_name="tiny",
+                                    gen_config=GEN, config=_config(steps=60, batch_size=32, info_size=2, **kw),
+                                    progress=False)
+        z, y = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)), torch.zeros(64, dtype=torch.long)
+        with torch.no_grad():
+            x = torch.nn.functional.adaptive_avg_pool2d(generator.eval()(z, y, sample=False), 2).flatten(1)
+        return torch.cdist(x, x).mean().item()
+
+    assert coarse_spread(diversity_space="pooled", diversity_weight=0.1) > 2.5 * coarse_spread(diversity_weight=0.0)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from generators.refine import RefineConfig
+from gznq.pipeline import PipelineConfig
+from gznq.sources import open_source, parse_source
+from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
+
+
+def _noise(refine, seed=0, num_images=16):
+    return list(open_source(parse_source("noise"), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
+                            num_images=num_images, batch_size=8, seed=seed, refine=refine))
+
+
+def test_noise_source_gives_seeded_refined_batches_closer_to_the_bn_statistics():
+    source = parse_source("noise")
+    assert source.kind == "noise" and source.path is None and str(source) == "noise"
+    batches = _noise(RefineConfig(steps=30, lr=0.1))
+    assert [tuple(x.shape) for x, _ in batches] == [(8, 3, 8, 8)] * 2
+    assert torch.equal(batches[0][1], torch.arange(8) % 4)
+    again = _noise(RefineConfig(steps=30, lr=0.1))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert not torch.equal(batches[0][0], _noise(RefineConfig(steps=30, lr=0.1), seed=1)[0][0])
+    # refinement moved the noise toward the teacher's statistics
+    pixels = batches[0][0] * 0.25 + 0.5  # un-normalize (TINY_SPEC: mean 0.5, std 0.25)
+    start = torch.sigmoid(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert batch_bn_kl(tiny_teacher(), pixels) < 0.7 * batch_bn_kl(tiny_teacher(), start)
+
+
+def test_noise_needs_refinement_and_cannot_be_distilled_on():
+    with pytest.raises(ValueError, match="give refinement steps > 0"):
+        _noise(None)
+    with pytest.raises(ValueError, match="needs refine.steps > 0"):
+        PipelineConfig(source="noise", refine=RefineConfig(steps=0))
+    with pytest.raises(ValueError, match="no distill"):
+        PipelineConfig(source="noise", methods=("reconstruct", "distill"))
+    with pytest.raises(ValueError, match="refinement applies to generator and noise sources"):
+        open_source(parse_source("pixels:somewhere"), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
+                    num_images=8, refine=RefineConfig(steps=1))
