@@ -35,6 +35,7 @@ import ast
 import dataclasses
 import json
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -261,7 +262,7 @@ def main(argv=None) -> None:
     for bits, protocol in settings(args.only):
         for method in args.methods.split(","):
             row = bench.run(method, bits, protocol)
-            row["command"] = "python -m bench.dfq_bench " + " ".join(sys.argv[1:])
+            row["command"] = "python -m bench.dfq_bench " + shlex.join(sys.argv[1:])
             # re-read so that runs in parallel processes keep each other's rows
             rows = read_rows(results_path) if results_path.exists() else []
             rows = [r for r in rows if [r.get(k) for k in KEY] != [row[k] for k in KEY]] + [row]

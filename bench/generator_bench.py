@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ def main(argv=None) -> None:
         row = {"model": args.model, "variant": name, "overrides": text, "steps": meta["record"]["step"],
                "seed": train_config.seed, "train_seconds": meta["record"]["seconds"], **report.to_dict(),
                "images_per_second": stream_throughput(stream),
-               "command": "python -m bench.generator_bench " + " ".join(sys.argv[1:])}
+               "command": "python -m bench.generator_bench " + shlex.join(sys.argv[1:])}
         rows = read_rows(results_path) if results_path.exists() else []
         rows = [r for r in rows if r["variant"] != name] + [row]
         write_json_atomic(results_path, {"machine": machine(), "rows": rows})

@@ -1,9 +1,13 @@
-"""`ConditionalGenerator`: latent z and class label in, an image in [0, 1] out, sampled VAE-style.
+"""`ConditionalGenerator`: latent z and class label in, an image in [0, 1] out.
 
 The network maps (z, y) to a per-pixel mean and log-variance (in logit space) at the teacher's input size;
-an image is x = sigmoid(mu + sigma * eps) with eps ~ N(0, I) (the reparameterization trick), so every
-sample is a valid image in [0, 1] that can be saved and looked at, and is normalized with the teacher's
-mean and std only on its way into the teacher (`normalize`).
+an image is x = sigmoid(mu + sigma * eps) with eps ~ N(0, I) (reparameterized, so gradients reach mu and
+sigma), so every sample is a valid image in [0, 1] that can be saved and looked at, and is normalized with
+the teacher's mean and std only on its way into the teacher (`normalize`). The learned per-pixel noise is
+small (it moved pixels by about 2% in a trained ResNet-20 generator); what varies an image's content is z,
+which training makes matter through mode seeking on pooled images (`generators.trainer`). The latent
+posterior term that would make it VAE-like (`generators.posterior`) is an option, off by default: the
+measurements did not keep it.
 
 Cost drives the layout: the stem projects (z, y) to a small feature map, each stage doubles the
 resolution (nearest upsampling + 3x3 conv; a stride-2 transposed conv is the cheaper option, but leaves

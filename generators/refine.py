@@ -42,12 +42,13 @@ class RefineConfig:
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
     SETTING --methods gznq --seed S --set "refine.crop_scale=1.0"`, likewise `refine.ce_weight=1.0`;
-    docs/benchmarks.md, "Selection on the select split"). steps was checked there too (`--set
-    "refine.steps=N"`, N in 25 and 100): 100 beat 50 by 0.28 on the average of W4A4 and W3A3 `paper` at twice
-    the cost, and is not the default yet (see that section). lr and the jitter were chosen before the splits
-    existed, on the whole test set, and have not been re-checked."""
+    docs/benchmarks.md, "Selection on the select split"); that was with the earlier, collapsed generator.
+    steps: None (the default) chooses by the setting, `default_refine_steps` (the pipeline knows the bits;
+    called without them, as `refine_images` is, None means the steps for 4 bits and more).
+    lr and the jitter were chosen before the splits existed, on the whole test set, and have not been
+    re-checked."""
 
-    steps: int = 50
+    steps: int | None = None
     lr: float = 0.05
     bn_loss: str = "kl"
     bn_weight: float = 1.0
@@ -62,7 +63,7 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
             raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
-        if self.steps < 0:
+        if self.steps is not None and self.steps < 0:
             raise ValueError(f"refinement steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"refinement lr must be positive, got {self.lr}")
@@ -78,6 +79,24 @@ class RefineConfig:
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")
+
+
+def default_refine_steps(w_bits: int, a_bits: int) -> int:
+    """Refinement steps per batch for a setting, where the user leaves them open: 10 at 4 bits and more, 50
+    at 3 bits and fewer (the narrower width decides).
+
+    Chosen on the select half of the shared test images with ResNet-20 and its generator (mode seeking on
+    pooled images, per-class BN of the first layers), two seeds each, `python -m bench.dfq_bench --split
+    select --only SETTING --methods gznq,gznq-raw --set "refine.steps=N"` (docs/benchmarks.md, "The
+    generator re-made"): at W4A4 `paper` 10 steps lost 0.39 on the mean, 50 steps 0.55, none 0.91, so 10
+    (a fifth of the cost of 50); at W3A3 `paper` 10 steps lost 3.46, 50 steps 2.74, so 50.
+    Other widths were not measured; they follow the nearer of the two."""
+    return 50 if min(w_bits, a_bits) <= 3 else 10
+
+
+def _steps(config: RefineConfig) -> int:
+    """The config's steps, or where they were left open (None) those of a setting at 4 bits and more."""
+    return default_refine_steps(8, 8) if config.steps is None else config.steps
 
 
 def boundary_targets(labels: torch.Tensor, num_classes: int, share: float, low: float,
@@ -113,12 +132,13 @@ def optimize_logits(
     Returns:
         (images in [0, 1], detached; the last step's loss, or nan for 0 steps).
     """
+    steps = _steps(config)
     logits = logits.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.steps, 1))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     bn_loss = BN_LOSSES[config.bn_loss]
     loss = torch.tensor(float("nan"))
-    for _ in range(config.steps):
+    for _ in range(steps):
         x = torch.sigmoid(logits)
         jittered = random_jitter(x, max_shift=config.max_shift, flip=config.flip, generator=generator)
         with BNStatsRecorder(teacher) as rec:
@@ -158,7 +178,7 @@ def refine_images(
         raise ValueError("refine_images takes pixels in [0, 1], not normalized images")
     if len(images) < 2:
         raise ValueError("refinement matches a batch's BatchNorm statistics; it needs at least 2 images")
-    if config.steps == 0:
+    if _steps(config) == 0:
         return images
     eps = 1e-4  # keeps the logits of saturated pixels finite
     with frozen(teacher), torch.enable_grad():

@@ -196,8 +196,8 @@ class Distiller:
                         if generator is not None else None)
         self.objective = GeneratorObjective(teacher, spec, GeneratorTrainConfig(
             batch_size=c.batch_size, bn_loss=c.bn_loss, bn_weight=c.bn_weight, ce_weight=c.gen_ce_weight,
-            diversity_weight=c.diversity_weight, diversity_space="feature", max_shift=c.max_shift,
-            flip=c.max_shift > 0))
+            diversity_weight=c.diversity_weight, diversity_space="feature", class_bn_weight=0.0,
+            max_shift=c.max_shift, flip=c.max_shift > 0))  # distillation's generator terms as they were measured
         self.rng = torch.Generator().manual_seed(c.seed)
         self.step_index = 0
         self.seconds = 0.0  # time spent in step(), kept across a resume

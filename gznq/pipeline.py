@@ -32,7 +32,7 @@ from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
 from generators.augment import with_jittered_copies
 from generators.checkpoint import load_generator
-from generators.refine import RefineConfig
+from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import Distiller, DistillConfig
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
 from gznq.outdir import ResultKind, check_output, writing_output
@@ -108,6 +108,9 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         object.__setattr__(self, "methods", ("calibrate", *dict.fromkeys(methods)))
+        if self.refine.steps is None:  # left open: chosen by the setting
+            steps = default_refine_steps(self.quant.w_bits, self.quant.a_bits)
+            object.__setattr__(self, "refine", dataclasses.replace(self.refine, steps=steps))
         source = parse_source(self.source)
         if self.calib_images < 1 or self.batch_size < 1:
             raise ValueError(f"calib_images and batch_size must be positive, got {self.calib_images} and "

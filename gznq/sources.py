@@ -82,7 +82,7 @@ def open_source(
     """
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    refining = refine is not None and refine.steps > 0
+    refining = refine is not None and refine.steps != 0
     if refining and source.kind not in REFINABLE:
         raise ValueError(f"refinement applies to generator and noise sources, not {source.kind}:; set its steps to 0")
     if source.kind == "noise" and not refining:
@@ -162,7 +162,7 @@ def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: In
     start = time.perf_counter()
     batches = open_source(source, teacher=teacher, teacher_name=teacher_name, spec=spec, num_images=num_images,
                           batch_size=batch_size, seed=seed, num_workers=workers, refine=refine)
-    desc = "refine images" if refine is not None and refine.steps > 0 else "load images"
+    desc = "refine images" if refine is not None and refine.steps != 0 else "load images"
     images = [x for x, _ in tqdm(batches, desc=desc, disable=not progress, leave=False)]
     seconds = time.perf_counter() - start
     if file is not None:

@@ -37,3 +37,18 @@ def test_noise_needs_refinement_and_cannot_be_distilled_on():
     with pytest.raises(ValueError, match="refinement applies to generator and noise sources"):
         open_source(parse_source("pixels:somewhere"), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC,
                     num_images=8, refine=RefineConfig(steps=1))
+
+
+def test_refinement_steps_left_open_are_chosen_by_the_setting():
+    from dfq.quant import QuantConfig
+    from generators.refine import default_refine_steps
+
+    assert default_refine_steps(4, 4) == 10 and default_refine_steps(8, 3) == 50 and default_refine_steps(2, 4) == 50
+    assert RefineConfig().steps is None
+    w4 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
+    w3 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3, protocol="paper"))
+    assert (w4.refine.steps, w3.refine.steps) == (10, 50)
+    given = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3), refine=RefineConfig(steps=7))
+    assert given.refine.steps == 7
+    with pytest.raises(ValueError, match="refinement steps must be >= 0"):
+        RefineConfig(steps=-1)

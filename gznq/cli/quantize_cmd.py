@@ -50,7 +50,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a teacher, calibrate (reconstruct, distill) it; writes a student",
                        formatter_class=HelpFormatter)
     add_teacher_arguments(p)
-    p.add_argument("--source", required=True, help="calibration images: real:DIR, generator:DIR, pixels:DIR, or noise (refined from noise: the no-generator control)")
+    p.add_argument("--source", required=True,
+                   help="calibration images: real:DIR, generator:DIR, pixels:DIR, or noise (refined from noise: "
+                        "the no-generator control)")
     p.add_argument("--out", required=True, help="student directory (written as OUT.partial, renamed when done)")
     p.add_argument("--overwrite", action="store_true", help="replace the student already in --out (once the new "
                                                             "one is complete), or discard an interrupted OUT.partial")
@@ -84,7 +86,8 @@ def add_parser(sub) -> None:
                         "(default auto: by the setting, dfq/quant/recon_defaults.py)")
     add_refine_arguments(p, steps_default=RefineConfig.steps,
                          steps_help="generator sources: refine each calibration and reconstruction batch for this "
-                                    "many steps against the teacher's BN statistics (0: raw samples)")
+                                    "many steps against the teacher's BN statistics (0: raw samples; default: by "
+                                    "the setting, 50 at 3 bits or fewer, 10 otherwise)")
     d = DistillConfig()
     p.add_argument("--recipe", default="gznq", choices=RECIPES,
                    help="distillation recipe: ours (gznq) or the published GDFQ hyperparameters (gdfq)")

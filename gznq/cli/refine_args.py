@@ -7,7 +7,7 @@ import argparse
 from generators.refine import RefineConfig
 
 
-def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int, steps_help: str) -> None:
+def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int | None, steps_help: str) -> None:
     """--refine-steps (with the command's own default and help), --refine-crop-scale and --refine-ce-weight."""
     p.add_argument("--refine-steps", type=int, default=steps_default, help=steps_help)
     p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,

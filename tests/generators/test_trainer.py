@@ -116,7 +116,9 @@ def test_objective_parts_and_schedule():
     objective = GeneratorObjective(teacher, TINY_SPEC, _config(tv_weight=0.1))
     loss, parts = objective(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
     c = objective.config
-    expected = c.ce_weight * parts["ce"] + c.bn_weight * parts["bn"] + c.diversity_weight * parts["div"] + 0.1 * parts["tv"]
+    expected = (c.ce_weight * parts["ce"] + c.bn_weight * parts["bn"] + c.class_bn_weight * parts["class_bn"]
+                + c.diversity_weight * parts["div"] + 0.1 * parts["tv"])
+    assert parts["class_bn"] > 0 and parts["info"] == 0  # the defaults: per-class BN on, posterior off
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     cfg = GeneratorTrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
