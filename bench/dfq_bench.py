@@ -93,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         apply_overrides(PipelineConfig(source="real:."), overrides)  # every name and value checked now
     except (ValueError, SyntaxError) as exc:
         p.error(f"--set: {exc}")
+    if args.noise_steps is not None and args.noise_steps < 1:
+        p.error(f"--noise-steps must be positive, got {args.noise_steps}")
+    if "gznq-raw" in args.methods.split(",") and "refine.steps" in parse_overrides(args.overrides):
+        p.error("gznq-raw rows are the raw samples: --set refine.steps does not apply to them (run them apart)")
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -205,19 +209,20 @@ class Bench:
         elif method == "noise":
             config = apply_overrides(PipelineConfig(source="noise", methods=("reconstruct",), **common), self.overrides)
             return dataclasses.replace(config, refine=dataclasses.replace(
-                config.refine, steps=self.noise_steps(bits, protocol, config.refine.steps))), 0.0
+                config.refine, steps=self.noise_steps(bits, protocol, config.refine_config().steps))), 0.0
         else:
-            config = PipelineConfig(source=gen, methods=("reconstruct", *distill), **common)
-            if method == "gznq-raw":
-                config = dataclasses.replace(config, refine=RefineConfig(steps=0))
-            extra = self.gen_seconds
+            config = apply_overrides(PipelineConfig(source=gen, methods=("reconstruct", *distill), **common),
+                                     self.overrides)
+            if method == "gznq-raw":  # the raw samples whatever else --set changes
+                config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=0))
+            return config, self.gen_seconds
         return apply_overrides(config, self.overrides), extra
 
     def noise_steps(self, bits: int, protocol: str, steps: int) -> int:
         """--noise-steps, or the refinement steps whose seconds equal those gznq spent on this setting: its
         generator's training plus its refinement of `steps` steps a batch (refinement costs the same per step
         from noise as from samples)."""
-        if self.args.noise_steps:
+        if self.args.noise_steps is not None:
             return self.args.noise_steps
         gznq = self.gznq_rows.get((bits, protocol))
         if gznq is None:
@@ -234,7 +239,7 @@ class Bench:
             self.gznq_rows[(bits, protocol)] = {"image_seconds": report["image_seconds"]}
         reused = report["image_seconds"] if report["images_reused"] else 0.0
         label = method + (f"[{self.args.overrides}]" if self.args.overrides else "")
-        if method in ("gznq", "pixels", "real-distill") and self.args.distill_steps:
+        if method in ("gznq", "gznq-raw", "pixels", "real-distill") and self.args.distill_steps:
             label += f"+distill({self.args.distill_steps})"
         if method == "gdfq":
             label += f"({self.args.gdfq_steps} steps)"

@@ -4,11 +4,13 @@
         --variant base= --variant info="info_weight=1.0" --variant classbn="class_bn_weight=1.0"
 
 Each `--variant NAME=OVERRIDES` trains a generator for `--model` with GeneratorTrainConfig (and, for
-`gen.*` names, GeneratorConfig) fields replaced, into OUT/NAME (kept: a second run reuses it), then judges
+`gen.*` names, GeneratorConfig) fields replaced, into OUT/NAME (kept: a second run reuses it when it was
+trained with the same configs, and refuses it otherwise), then judges
 `--num-images` samples of it (`generators.quality.measure_quality`): the teacher's top-1 on them, its
 confidence, the BN losses, and within-class diversity of the teacher's features and of the images pooled to
 8 x 8, each against as many real training images. No test image is used, so choosing on these figures is
-allowed. Rows go to OUT/results.json, a table to OUT/results.md.
+allowed. Rows (with the whole training config, so that they stay readable when the defaults change) go
+to OUT/results.json, a table to OUT/results.md.
 """
 
 from __future__ import annotations
@@ -45,7 +47,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--real-data", default=str(ASSETS / "cifar10-jpeg" / "train"),
                    help="real images for the diversity reference (training images: never the report split)")
     p.add_argument("--out", required=True)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    names = []
+    for item in args.variant:  # every variant checked before any trains
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or "/" in name or name in names:
+            p.error(f"--variant {item!r}: expected a new, plain NAME=OVERRIDES (NAME=: the defaults)")
+        names.append(name)
+        try:
+            configs(parse_overrides(text), _SpecStub(), args.steps, args.seed)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            p.error(f"--variant {name}: {exc}")
+    return args
+
+
+class _SpecStub:
+    """Enough of an InputSpec to validate the configs before the teacher is loaded."""
+
+    num_classes, image_size, channels = 10, 32, 3
 
 
 def configs(overrides: dict, spec, steps: int | None, seed: int) -> tuple[GeneratorConfig, GeneratorTrainConfig]:
@@ -54,6 +73,10 @@ def configs(overrides: dict, spec, steps: int | None, seed: int) -> tuple[Genera
     if steps is not None:
         train.setdefault("steps", steps)
     train.setdefault("seed", seed)
+    for cls, fields in ((GeneratorConfig, gen), (GeneratorTrainConfig, train)):
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     return (GeneratorConfig(num_classes=spec.num_classes, image_size=spec.image_size, channels=spec.channels, **gen),
             dataclasses.replace(GeneratorTrainConfig(), **train))
 
@@ -72,11 +95,18 @@ def main(argv=None) -> None:
         if not (path / META_FILE).exists():
             train_generator(teacher, spec, path, teacher_name=args.model, gen_config=gen_config, config=train_config)
         generator, meta = load_generator(path, teacher_name=args.model, teacher=teacher)
+        saved = meta["record"].get("train_config", {})
+        if {**saved, "betas": list(saved.get("betas", []))} != {**train_config.to_dict(),
+                                                                  "betas": list(train_config.betas)} \
+                or meta["generator_config"] != gen_config.to_dict():
+            raise ValueError(f"{path} holds a generator trained with other configs than variant {name!r} asks for; "
+                             "remove it or name the variant differently")
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=256, seed=12345,
                                  num_batches=-(-args.num_images // 256))
         report = measure_quality(teacher, stream, real_batches=real)
         row = {"model": args.model, "variant": name, "overrides": text, "steps": meta["record"]["step"],
                "seed": train_config.seed, "train_seconds": meta["record"]["seconds"], **report.to_dict(),
+               "train_config": train_config.to_dict(), "generator_config": gen_config.to_dict(),
                "images_per_second": stream_throughput(stream),
                "command": "python -m bench.generator_bench " + shlex.join(sys.argv[1:])}
         rows = read_rows(results_path) if results_path.exists() else []

@@ -15,26 +15,28 @@ from bench.common import read_rows
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
                model: str | None = None) -> str:
-    """A markdown table of drops: a line per (setting, pipeline, split), a column per seed, and the mean.
+    """A markdown table of drops: a line per (setting, pipeline, generator, split), a column per seed, and
+    the mean (rows without a generator show "-" there).
 
     Raises:
         ValueError: no row matches the filters.
     """
-    groups: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+    groups: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
     for r in rows:
         if ((split and r.get("split") != split) or (method and r["method"] != method)
                 or contains not in r["pipeline"] or (model and r["model"] != model)):
             continue
-        groups[(r["setting"], r["pipeline"], r.get("split", "?"))][r["seed"]] = r["drop"]
+        groups[(r["setting"], r["pipeline"], r.get("generator") or "-", r.get("split", "?"))][r["seed"]] = r["drop"]
     if not groups:
         raise ValueError("no rows match; check --split, --method, --contains and --model")
     seeds = sorted({s for drops in groups.values() for s in drops})
-    lines = ["| setting | pipeline | split | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
-             "|---|---|---|" + "---|" * (len(seeds) + 1)]
-    for (setting, pipeline, split_name), drops in sorted(groups.items()):
+    lines = ["| setting | pipeline | generator | split | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|---|---|---|" + "---|" * (len(seeds) + 1)]
+    for (setting, pipeline, generator, split_name), drops in sorted(groups.items()):
         cells = [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
         mean = statistics.fmean(drops.values())
-        lines.append(f"| {setting} | {pipeline} | {split_name} | " + " | ".join(cells) + f" | {mean:.2f} (n={len(drops)}) |")
+        lines.append(f"| {setting} | {pipeline} | {generator} | {split_name} | " + " | ".join(cells)
+                     + f" | {mean:.2f} (n={len(drops)}) |")
     return "\n".join(lines)
 
 

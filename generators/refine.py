@@ -85,10 +85,10 @@ def default_refine_steps(w_bits: int, a_bits: int) -> int:
     """Refinement steps per batch for a setting, where the user leaves them open: 10 at 4 bits and more, 50
     at 3 bits and fewer (the narrower width decides).
 
-    Chosen on the select half of the shared test images with ResNet-20 and its generator (mode seeking on
-    pooled images, per-class BN of the first layers), two seeds each, `python -m bench.dfq_bench --split
-    select --only SETTING --methods gznq,gznq-raw --set "refine.steps=N"` (docs/benchmarks.md, "The
-    generator re-made"): at W4A4 `paper` 10 steps lost 0.39 on the mean, 50 steps 0.55, none 0.91, so 10
+    Chosen on the select half of the shared test images with ResNet-20 and a generator of today's defaults
+    (`runs/gen_bench400/p_cbn800`, bench/generator_bench.py), seeds 0 and 1, `python -m bench.dfq_bench
+    --split select --only SETTING --methods gznq --set "refine.steps=N" --generator G --seed S` and the raw
+    samples with `--methods gznq-raw` (docs/benchmarks.md, "The generator re-made"): at W4A4 `paper` 10 steps lost 0.39 on the mean, 50 steps 0.55, none 0.91, so 10
     (a fifth of the cost of 50); at W3A3 `paper` 10 steps lost 3.46, 50 steps 2.74, so 50.
     Other widths were not measured; they follow the nearer of the two."""
     return 50 if min(w_bits, a_bits) <= 3 else 10

@@ -98,6 +98,12 @@ class GeneratorTrainConfig:
         return dataclasses.asdict(self)
 
 
+# The values of the fields added on 2026-12-01 that reproduce training as it was before them: a run saved
+# before then resumes with these, not with today's defaults.
+BEFORE_NEW_TERMS = {"diversity_space": "feature", "class_bn_weight": 0.0, "class_bn_layers": 3, "info_weight": 0.0,
+                    "info_size": 8}
+
+
 def lr_factor(step: int, config: GeneratorTrainConfig) -> float:
     """Linear warm-up then cosine decay; `step` counts from 0."""
     if step < config.warmup_steps:
@@ -209,7 +215,8 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
     if resume:
         generator, meta = load_generator(out, teacher_name=teacher_name, teacher=teacher, device=device)
         state = load_train_state(out)
-        config = GeneratorTrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+        # fields a run saved before they existed keep the behaviour that run had
+        config = GeneratorTrainConfig(**{**BEFORE_NEW_TERMS, **state["config"], "betas": tuple(state["config"]["betas"])})
         if steps is not None:
             config = dataclasses.replace(config, steps=steps)
         if state["step"] >= config.steps:
@@ -230,8 +237,10 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
     with torch.random.fork_rng(devices=[]):  # the posterior's initial weights from the run's seed too
         torch.manual_seed(config.seed + 1)
         objective = GeneratorObjective(teacher, spec, config, latent_dim=generator.config.latent_dim).to(device)
-    if state is not None and "objective" in state:
-        objective.load_state_dict(state["objective"], strict=False)
+    if state is not None and objective.posterior is not None:
+        prefix = "posterior."
+        objective.posterior.load_state_dict({k[len(prefix):]: v for k, v in state["objective"].items()
+                                             if k.startswith(prefix)})
     generator.train()
     trained = list(generator.parameters()) + (list(objective.posterior.parameters()) if objective.posterior else [])
     opt = torch.optim.Adam(trained, lr=config.lr, betas=config.betas)

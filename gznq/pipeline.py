@@ -108,9 +108,6 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         object.__setattr__(self, "methods", ("calibrate", *dict.fromkeys(methods)))
-        if self.refine.steps is None:  # left open: chosen by the setting
-            steps = default_refine_steps(self.quant.w_bits, self.quant.a_bits)
-            object.__setattr__(self, "refine", dataclasses.replace(self.refine, steps=steps))
         source = parse_source(self.source)
         if self.calib_images < 1 or self.batch_size < 1:
             raise ValueError(f"calib_images and batch_size must be positive, got {self.calib_images} and "
@@ -135,9 +132,16 @@ class PipelineConfig:
                              "generator source")
         if self.save_every < 1:
             raise ValueError(f"save_every must be positive, got {self.save_every}")
-        if source.kind == "noise" and (self.refine.steps == 0 or "distill" in self.methods):
+        if source.kind == "noise" and (self.refine_config().steps == 0 or "distill" in self.methods):
             raise ValueError("the noise source only starts refinement: it needs refine.steps > 0 (--refine-steps) "
                              "and no distill (distillation draws from a generator, real or pixel source)")
+
+    def refine_config(self) -> RefineConfig:
+        """`refine` with its steps decided: those given, or where left open (None) the setting's
+        (`generators.refine.default_refine_steps`), decided from `quant` whenever asked."""
+        if self.refine.steps is not None:
+            return self.refine
+        return dataclasses.replace(self.refine, steps=default_refine_steps(self.quant.w_bits, self.quant.a_bits))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -226,7 +230,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     """Quantize, calibrate, reconstruct and distill as `c` says; returns the student and the report so far."""
     start = time.perf_counter()
     student = quantize_model(teacher, c.quant)
-    refine = c.refine if source.kind in REFINABLE and c.refine.steps > 0 else None
+    refine = c.refine_config() if source.kind in REFINABLE and c.refine_config().steps > 0 else None
     state = load_distill_state(work) if c.resume else None
     if state is not None:  # the student, its metadata and its records come from the interrupted run
         _check_resumed(c, state)

@@ -52,6 +52,8 @@ def parse_source(text: str) -> Source:
     """
     if str(text) in ("noise", "noise:"):
         return Source("noise", None)
+    if str(text).startswith("noise:"):
+        raise ValueError(f"source {text!r}: noise takes no path; write just 'noise'")
     kind, sep, path = str(text).partition(":")
     if not sep or not path:
         raise ValueError(f"source {text!r} must look like KIND:PATH, e.g. real:../shared/assets/cifar10-jpeg/train")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -30,6 +32,8 @@ def test_noise_source_gives_seeded_refined_batches_closer_to_the_bn_statistics()
 def test_noise_needs_refinement_and_cannot_be_distilled_on():
     with pytest.raises(ValueError, match="give refinement steps > 0"):
         _noise(None)
+    with pytest.raises(ValueError, match="noise takes no path"):
+        parse_source("noise:somewhere")
     with pytest.raises(ValueError, match="needs refine.steps > 0"):
         PipelineConfig(source="noise", refine=RefineConfig(steps=0))
     with pytest.raises(ValueError, match="no distill"):
@@ -47,8 +51,9 @@ def test_refinement_steps_left_open_are_chosen_by_the_setting():
     assert RefineConfig().steps is None
     w4 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
     w3 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3, protocol="paper"))
-    assert (w4.refine.steps, w3.refine.steps) == (10, 50)
+    assert (w4.refine_config().steps, w3.refine_config().steps) == (10, 50)
+    assert dataclasses.replace(w4, quant=w3.quant).refine_config().steps == 50  # decided when asked, not when built
     given = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3), refine=RefineConfig(steps=7))
-    assert given.refine.steps == 7
+    assert given.refine_config().steps == 7
     with pytest.raises(ValueError, match="refinement steps must be >= 0"):
         RefineConfig(steps=-1)

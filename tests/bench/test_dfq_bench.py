@@ -19,6 +19,8 @@ def test_overrides_reach_nested_configs_and_are_checked():
     (["--split", "select", "--set", "calib_images=abc"], "'abc' is not a Python literal"),
     (["--split", "select", "--set", "recon.lr=-1"], "reconstruction needs lr > 0"),
     (["--split", "select", "--methods", "gznq,magic"], "unknown methods ['magic']"),
+    (["--split", "select", "--methods", "gznq-raw", "--set", "refine.steps=10"], "gznq-raw rows are the raw samples"),
+    (["--split", "select", "--methods", "noise", "--noise-steps", "0"], "--noise-steps must be positive"),
 ])
 def test_the_bench_refuses_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -38,3 +40,21 @@ def test_noise_rows_get_the_refinement_steps_that_fill_the_generators_seconds():
     assert bench.noise_steps(4, "paper", 50) == 150  # 50 steps cost 150 s, so 450 s buy 150 steps
     bench.args.noise_steps = 70
     assert bench.noise_steps(4, "paper", 50) == 70
+
+
+def test_raw_and_noise_rows_are_configured_as_they_are_named():
+    from bench.dfq_bench import Bench
+
+    bench = Bench.__new__(Bench)
+    bench.args = parse_args(["--split", "select", "--methods", "gznq,gznq-raw,noise", "--set", "refine.crop_scale=1.0",
+                             "--generator", "runs/g", "--out", "unused"])
+    bench.overrides, bench.gen_seconds = parse_overrides(bench.args.overrides), 300.0
+    bench.gznq_rows = {(4, "paper"): {"image_seconds": 150.0}}
+    gznq, gen_seconds = bench.config("gznq", 4, "paper")
+    raw, _ = bench.config("gznq-raw", 4, "paper")
+    noise, noise_seconds = bench.config("noise", 4, "paper")
+    assert (gznq.source, gznq.refine_config().steps, gznq.refine.crop_scale, gen_seconds) == (
+        "generator:runs/g", 10, 1.0, 300.0)
+    assert (raw.source, raw.refine.steps, raw.refine.crop_scale) == ("generator:runs/g", 0, 1.0)
+    assert (noise.source, noise.refine.steps, noise.refine.crop_scale, noise_seconds) == ("noise", 30, 1.0, 0.0)
+    assert noise.methods == gznq.methods == ("calibrate", "reconstruct")

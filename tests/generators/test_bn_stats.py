@@ -123,7 +123,9 @@ def test_class_bn_loss_is_zero_for_classes_with_the_running_statistics_and_large
     assert class_bn_kl_loss([collapsed], labels, [bn]).item() == pytest.approx(expected.item(), rel=1e-4)
     # a class with a single image is left out, and a batch of singletons refused
     odd = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
-    assert class_bn_kl_loss([x], odd, [bn]).item() > 0
+    three = x[4:7]
+    kl1 = gaussian_kl(three.mean((0, 2, 3)), three.var((0, 2, 3), unbiased=False), bn.running_mean, bn.running_var)
+    assert class_bn_kl_loss([x], odd, [bn]).item() == pytest.approx(0.5 * kl1.mean().item(), rel=1e-4)
     with pytest.raises(ValueError, match="no class has 2 images"):
         class_bn_kl_loss([x[:3]], torch.tensor([0, 1, 2]), [bn])
 

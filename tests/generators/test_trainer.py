@@ -75,7 +75,6 @@ def test_interrupted_run_saves_and_resumes_with_identical_losses(tmp_path, monke
         return original(self, generator, rng)
 
     monkeypatch.setattr(GeneratorObjective, "forward", ctrl_c_at_step_8)
-    torch.manual_seed(0)
     torch.manual_seed(123)  # the run's own seed, not the global one, decides every initial weight
     with pytest.raises(KeyboardInterrupt):
         train_generator(teacher, TINY_SPEC, tmp_path / "cut", teacher_name="tiny", gen_config=GEN,
@@ -162,3 +161,21 @@ def test_pooled_mode_seeking_makes_different_latents_give_visibly_different_imag
         return torch.cdist(x, x).mean().item()
 
     assert coarse_spread(diversity_space="pooled", diversity_weight=0.1) > 2.5 * coarse_spread(diversity_weight=0.0)
+
+
+def test_a_run_saved_before_the_new_terms_resumes_without_them(tmp_path):
+    from generators.checkpoint import STATE_FILE
+
+    teacher = tiny_teacher()
+    old_terms = dict(diversity_space="feature", class_bn_weight=0.0, info_weight=0.0)
+    train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
+                    config=_config(steps=4, **old_terms), progress=False)
+    state = torch.load(tmp_path / "g" / STATE_FILE, weights_only=True)
+    for key in ("class_bn_weight", "class_bn_layers", "info_weight", "info_size"):  # as an older version saved it
+        del state["config"][key]
+    del state["objective"]
+    torch.save(state, tmp_path / "g" / STATE_FILE)
+    train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", resume=True, steps=8, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "g" / "losses.csv")))
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, 9)]
+    assert all(float(r["class_bn"]) == 0.0 and float(r["info"]) == 0.0 for r in rows)

@@ -1,0 +1,31 @@
+import pytest
+
+from bench.generator_bench import _SpecStub, configs, parse_args
+from bench.dfq_bench import parse_overrides
+
+
+def test_variants_become_configs_with_the_bench_steps_and_seed_unless_they_set_them():
+    gen, train = configs(parse_overrides("class_bn_weight=0.5, gen.latent_dim=32, steps=7"), _SpecStub(), 400, 3)
+    assert (train.class_bn_weight, train.steps, train.seed, gen.latent_dim, gen.num_classes) == (0.5, 7, 3, 32, 10)
+    _, train = configs({}, _SpecStub(), 400, 3)
+    assert (train.steps, train.seed) == (400, 3)
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("nameonly", "expected a new, plain NAME=OVERRIDES"),
+    ("=info_weight=1.0", "expected a new, plain NAME=OVERRIDES"),
+    ("a/b=", "expected a new, plain NAME=OVERRIDES"),
+    ("x=class_bn_wieght=1.0", "GeneratorTrainConfig has no field(s) ['class_bn_wieght']"),
+    ("x=gen.widht=8", "GeneratorConfig has no field(s) ['widht']"),
+    ("x=info_weight=-1.0", "loss weights must be >= 0"),
+])
+def test_bad_variants_are_refused_before_any_training(variant, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--variant", variant, "--out", "unused"])
+    assert message in capsys.readouterr().err
+
+
+def test_a_variant_name_given_twice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--variant", "a=", "--variant", "a=steps=5", "--out", "unused"])
+    assert "expected a new, plain NAME=OVERRIDES" in capsys.readouterr().err
