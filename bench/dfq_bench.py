@@ -161,7 +161,9 @@ class Bench:
         self.args = args
         self.teacher = create_teacher(args.model, checkpoint=args.checkpoint)
         self.overrides = parse_overrides(args.overrides)
-        uses_generator = {"gznq", "gznq-raw", "gdfq", "noise"} & set(args.methods.split(","))
+        methods = set(args.methods.split(","))
+        # noise rows need the generator's seconds only when their steps are matched to them
+        uses_generator = {"gznq", "gznq-raw", "gdfq"} & methods or ("noise" in methods and args.noise_steps is None)
         self.gen_seconds = self._ensure_generator() if uses_generator else 0.0
         self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
         self.gznq_rows: dict[tuple[int, str], dict] = {}  # (bits, protocol) -> the gznq row's image seconds
@@ -207,16 +209,18 @@ class Bench:
             config = PipelineConfig(source=gen, methods=("distill",), fresh_generator=True,
                                     refine=RefineConfig(steps=0), **common)
         elif method == "noise":
-            config = apply_overrides(PipelineConfig(source="noise", methods=("reconstruct",), **common), self.overrides)
-            return dataclasses.replace(config, refine=dataclasses.replace(
-                config.refine, steps=self.noise_steps(bits, protocol, config.refine_config().steps))), 0.0
-        else:
-            config = apply_overrides(PipelineConfig(source=gen, methods=("reconstruct", *distill), **common),
-                                     self.overrides)
-            if method == "gznq-raw":  # the raw samples whatever else --set changes
-                config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=0))
-            return config, self.gen_seconds
-        return apply_overrides(config, self.overrides), extra
+            config = PipelineConfig(source="noise", methods=("reconstruct",), **common)
+        else:  # gznq, gznq-raw
+            config = PipelineConfig(source=gen, methods=("reconstruct", *distill), **common)
+            extra = self.gen_seconds
+        config = apply_overrides(config, self.overrides)
+        # after --set: the raw rows stay raw, the noise rows refine for the generator's seconds
+        if method == "gznq-raw":
+            config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=0))
+        elif method == "noise":
+            steps = self.noise_steps(bits, protocol, config.refine_config().steps)
+            config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=steps))
+        return config, extra
 
     def noise_steps(self, bits: int, protocol: str, steps: int) -> int:
         """--noise-steps, or the refinement steps whose seconds equal those gznq spent on this setting: its

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from bench.common import ASSETS, machine, markdown_table, read_rows
@@ -81,6 +80,18 @@ def configs(overrides: dict, spec, steps: int | None, seed: int) -> tuple[Genera
             dataclasses.replace(GeneratorTrainConfig(), **train))
 
 
+def check_kept(meta: dict, gen_config: GeneratorConfig, train_config: GeneratorTrainConfig, path: Path) -> None:
+    """Refuse a kept generator (its generator.json `meta`) trained with other configs than a variant asks for.
+
+    Raises:
+        ValueError: the configs differ.
+    """
+    asked = json.loads(json.dumps([train_config.to_dict(), gen_config.to_dict()]))  # as the JSON holds them
+    if [meta["record"].get("train_config"), meta["generator_config"]] != asked:
+        raise ValueError(f"{path} holds a generator trained with other configs than this variant asks for; "
+                         "remove it or name the variant differently")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
@@ -95,12 +106,7 @@ def main(argv=None) -> None:
         if not (path / META_FILE).exists():
             train_generator(teacher, spec, path, teacher_name=args.model, gen_config=gen_config, config=train_config)
         generator, meta = load_generator(path, teacher_name=args.model, teacher=teacher)
-        saved = meta["record"].get("train_config", {})
-        if {**saved, "betas": list(saved.get("betas", []))} != {**train_config.to_dict(),
-                                                                  "betas": list(train_config.betas)} \
-                or meta["generator_config"] != gen_config.to_dict():
-            raise ValueError(f"{path} holds a generator trained with other configs than variant {name!r} asks for; "
-                             "remove it or name the variant differently")
+        check_kept(meta, gen_config, train_config, path)
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=256, seed=12345,
                                  num_batches=-(-args.num_images // 256))
         report = measure_quality(teacher, stream, real_batches=real)

@@ -37,6 +37,11 @@ class BatchStats:
     var: torch.Tensor  # (C,), biased (population) variance of the batch
     running_mean: torch.Tensor
     running_var: torch.Tensor
+    # per image, on this process only: sums of the values and of their squares over positions, (B, C), and
+    # the number of positions (H * W); what the per-class view (`class_bn_kl_loss`) is made of
+    image_sums: torch.Tensor | None = None
+    image_sq_sums: torch.Tensor | None = None
+    positions: int = 1
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -81,14 +86,15 @@ class BNStatsRecorder:
             # Per-channel sums, reducing the contiguous trailing dims first (faster than one var_mean
             # over dims (0, 2, 3) on CPU); sums are also what a data-parallel all-reduce needs.
             flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)  # (B, C, L)
-            s1 = flat.sum(dim=2).sum(dim=0)
-            s2 = (flat * flat).sum(dim=2).sum(dim=0)
+            image_s1, image_s2 = flat.sum(dim=2), (flat * flat).sum(dim=2)
+            s1, s2 = image_s1.sum(dim=0), image_s2.sum(dim=0)
             count = torch.tensor(float(flat.shape[0] * flat.shape[2]), device=x.device)
             if self.reduce_sums is not None:
                 s1, s2, count = self.reduce_sums([s1, s2, count])
             mean = s1 / count
             var = (s2 / count - mean * mean).clamp_min(0)
-            self.stats.append(BatchStats(name, mean, var, bn.running_mean, bn.running_var))
+            self.stats.append(BatchStats(name, mean, var, bn.running_mean, bn.running_var, image_s1, image_s2,
+                                         flat.shape[2]))
 
         return record
 
@@ -154,63 +160,33 @@ def bn_l2_loss(stats: Sequence[BatchStats], layer_weights: Sequence[float] | Non
 BN_LOSSES = {"kl": bn_kl_loss, "l2": bn_l2_loss}
 
 
-def class_bn_kl_loss(inputs: Sequence[torch.Tensor], labels: torch.Tensor, layers: Sequence[_BatchNorm],
-                     min_count: int = 2) -> torch.Tensor:
-    """Per-class view of the BN statistics: for each BN layer given, the images of each class alone (at
-    least `min_count` of them) must have the layer's running mean and variance, by the same Gaussian KL as
-    `bn_kl_loss`, averaged over channels, classes and layers. Meant for the first layers, whose statistics
-    (edges, colours) hardly depend on the class: a class whose images all look alike has a small variance
-    there, which the whole-batch statistics hide as long as the classes differ from each other.
+def class_bn_kl_loss(stats: Sequence[BatchStats], labels: torch.Tensor, min_count: int = 2) -> torch.Tensor:
+    """Per-class view of the BN statistics: for each layer's recorded statistics, the images of each class
+    alone (at least `min_count` of them) must have the layer's running mean and variance, by the same
+    Gaussian KL as `bn_kl_loss`, averaged over channels, classes and layers. Meant for the first layers
+    (`stats[:k]`), whose statistics (edges, colours) hardly depend on the class: a class whose images all look
+    alike has a small variance there, which the whole-batch statistics hide as long as the classes differ
+    from each other. Built from the per-image sums the recorder keeps, so under data parallelism each
+    process judges its own images.
 
     Args:
-        inputs: the input of each layer, (B, C, H, W) or (B, C).
-        labels: (B,) class of each image.
-        layers: the BatchNorm layers whose running statistics are the reference, one per input.
+        stats: recorded by `BNStatsRecorder` for a batch.
+        labels: (B,) class of each image of that batch.
     """
-    if len(inputs) != len(layers):
-        raise ValueError(f"{len(inputs)} inputs for {len(layers)} BatchNorm layers")
+    if not stats:
+        raise ValueError("no BatchNorm statistics were recorded; run a forward pass inside the recorder")
     classes, index, counts = labels.unique(return_inverse=True, return_counts=True)
     keep = counts >= min_count
     if not keep.any():
         raise ValueError(f"no class has {min_count} images in the batch; the per-class BN loss needs them")
-    total = inputs[0].new_zeros(())
-    for x, bn in zip(inputs, layers):
-        flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)  # (B, C, L)
-        s1 = flat.new_zeros(len(classes), flat.shape[1]).index_add(0, index, flat.sum(2))
-        s2 = flat.new_zeros(len(classes), flat.shape[1]).index_add(0, index, (flat * flat).sum(2))
-        n = (counts * flat.shape[2]).to(flat.dtype)[:, None]
+    total = stats[0].mean.new_zeros(())
+    for st in stats:
+        k, c = len(classes), st.image_sums.shape[1]
+        s1 = st.image_sums.new_zeros(k, c).index_add(0, index, st.image_sums)
+        s2 = st.image_sums.new_zeros(k, c).index_add(0, index, st.image_sq_sums)
+        n = (counts * st.positions).to(s1.dtype)[:, None]
         mean = s1 / n
         var = (s2 / n - mean * mean).clamp_min(0)
-        kl = gaussian_kl(mean, var, bn.running_mean[None], bn.running_var[None])  # (K, C)
+        kl = gaussian_kl(mean, var, st.running_mean[None], st.running_var[None])  # (K, C)
         total = total + kl[keep].mean()
-    return total / len(inputs)
-
-
-class BNInputs:
-    """Context manager: while active, `inputs[i]` holds the latest input of the model's i-th BatchNorm layer
-    (with running statistics), for the first `num_layers` of them, with its gradient path kept."""
-
-    def __init__(self, model: nn.Module, num_layers: int) -> None:
-        self.layers = [bn for _, bn in batchnorm_layers(model)][:num_layers]
-        if not self.layers:
-            raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics")
-        self.inputs: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._handles: list = []
-
-    def __enter__(self) -> "BNInputs":
-        def hook(i):
-            def record(module, inputs):
-                self.inputs[i] = inputs[0]
-            return record
-        try:
-            for i, bn in enumerate(self.layers):
-                self._handles.append(bn.register_forward_pre_hook(hook(i)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    return total / len(stats)

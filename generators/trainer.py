@@ -23,7 +23,7 @@ from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
 from generators.augment import random_jitter
-from generators.bn_stats import BN_LOSSES, BNInputs, BNStatsRecorder, SumReducer, class_bn_kl_loss
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss
 from generators.checkpoint import (
     META_FILE,
     load_generator,
@@ -42,8 +42,8 @@ from generators.quality import capture_penultimate
 @dataclass(frozen=True)
 class GeneratorTrainConfig:
     """Generator training. Loss = ce_weight * CE + bn_weight * BN + class_bn_weight * per-class BN of the
-    first class_bn_layers BN layers + info_weight * latent NLL under q(z | x) (read from the image pooled to
-    info_size) + diversity_weight * mode seeking + tv_weight * TV. diversity_space: mode seeking on the
+    first class_bn_layers BN layers the image reaches + info_weight * latent NLL under q(z | x) (read from
+    the image pooled to info_size) + diversity_weight * mode seeking + tv_weight * TV. diversity_space: mode seeking on the
     teacher's penultimate features ("feature"), the images ("pixel") or the images pooled to info_size
     ("pooled").
 
@@ -152,18 +152,18 @@ class GeneratorObjective(nn.Module):
         feature_div = c.diversity_weight and c.diversity_space == "feature"
         zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
-                capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats, \
-                BNInputs(self.teacher, c.class_bn_layers) if c.class_bn_weight else contextlib.nullcontext() as early:
+                capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats:
             logits = self.teacher(normalize(jittered, self.spec.mean, self.spec.std))
         ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
         bn = self.bn_loss(rec.stats)
-        class_bn = class_bn_kl_loss(early.inputs, y, early.layers) if c.class_bn_weight else zero
+        class_bn = class_bn_kl_loss(rec.stats[:c.class_bn_layers], y) if c.class_bn_weight else zero
         info = latent_nll(*self.posterior(x), z) if self.posterior is not None else zero
-        half = x.shape[0] // 2
-        pairs = {"feature": lambda: feats[-1], "pixel": lambda: x,
-                 "pooled": lambda: F.adaptive_avg_pool2d(x, c.info_size)}[c.diversity_space]() \
-            if c.diversity_weight else None
-        div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:]) if c.diversity_weight else zero
+        div = zero
+        if c.diversity_weight:
+            pairs = (feats[-1] if c.diversity_space == "feature" else x if c.diversity_space == "pixel"
+                     else F.adaptive_avg_pool2d(x, c.info_size))
+            half = x.shape[0] // 2
+            div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:])
         tv = total_variation(x) if c.tv_weight else zero
         total = (c.ce_weight * ce + c.bn_weight * bn + c.class_bn_weight * class_bn + c.info_weight * info
                  + c.diversity_weight * div + c.tv_weight * tv)

@@ -230,7 +230,8 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     """Quantize, calibrate, reconstruct and distill as `c` says; returns the student and the report so far."""
     start = time.perf_counter()
     student = quantize_model(teacher, c.quant)
-    refine = c.refine_config() if source.kind in REFINABLE and c.refine_config().steps > 0 else None
+    refine = c.refine_config()
+    refine = refine if source.kind in REFINABLE and refine.steps > 0 else None
     state = load_distill_state(work) if c.resume else None
     if state is not None:  # the student, its metadata and its records come from the interrupted run
         _check_resumed(c, state)

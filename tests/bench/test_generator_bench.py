@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from bench.generator_bench import _SpecStub, configs, parse_args
+from bench.generator_bench import _SpecStub, check_kept, configs, parse_args
 from bench.dfq_bench import parse_overrides
 
 
@@ -29,3 +31,15 @@ def test_a_variant_name_given_twice_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--variant", "a=", "--variant", "a=steps=5", "--out", "unused"])
     assert "expected a new, plain NAME=OVERRIDES" in capsys.readouterr().err
+
+
+def test_a_kept_generator_is_reused_only_for_the_configs_it_was_trained_with():
+    gen, train = configs({"steps": 7}, _SpecStub(), None, 0)
+    meta = json.loads(json.dumps({"record": {"train_config": train.to_dict()}, "generator_config": gen.to_dict()}))
+    check_kept(meta, gen, train, "kept")  # the same configs, as read back from JSON
+    _, other = configs({"steps": 7, "class_bn_weight": 0.5}, _SpecStub(), None, 0)
+    with pytest.raises(ValueError, match="trained with other configs"):
+        check_kept(meta, gen, other, "kept")
+    wider, _ = configs({"gen.width": 32}, _SpecStub(), None, 0)
+    with pytest.raises(ValueError, match="trained with other configs"):
+        check_kept(meta, wider, train, "kept")

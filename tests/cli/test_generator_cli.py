@@ -197,3 +197,20 @@ def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, 
     # an existing student is replaced only when asked
     assert train_main(args) == 2
     assert "already holds a gznq student; pass --overwrite" in capsys.readouterr().err
+
+
+def test_bad_generator_terms_and_a_bare_noise_source_are_refused_before_any_work(weights_dir, tmp_path, capsys):
+    out = tmp_path / "gen"
+    code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint",
+                       str(weights_dir / "resnet20-12fca82f.th"), "--class-bn-weight", "-1", "--out", str(out)])
+    assert code == 2 and "loss weights must be >= 0" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        train_main(["generator", "--model", "cifar10_resnet20", "--class-bn-layers", "0", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        train_main(["generator", "--model", "cifar10_resnet20", "--diversity-space", "latent", "--out", str(out)])
+    assert not out.exists()
+    code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "noise", "--refine-steps", "0",
+                       "--out", str(tmp_path / "student")])
+    assert code == 2 and "the noise source only starts refinement" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists() and not (tmp_path / "student.partial").exists()

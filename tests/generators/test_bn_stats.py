@@ -95,14 +95,22 @@ def test_l2_matches_a_hand_computed_value():
 
 
 def _bn(mean, var):
-    bn = torch.nn.BatchNorm2d(len(mean))
+    bn = torch.nn.BatchNorm2d(len(mean)).eval()
     bn.running_mean.copy_(torch.tensor(mean))
     bn.running_var.copy_(torch.tensor(var))
     return bn
 
 
+def _class_bn(x, labels, bn):
+    from generators.bn_stats import class_bn_kl_loss
+
+    with BNStatsRecorder(bn) as rec:
+        bn(x)
+    return class_bn_kl_loss(rec.stats, labels)
+
+
 def test_class_bn_loss_is_zero_for_classes_with_the_running_statistics_and_large_for_a_collapsed_class():
-    from generators.bn_stats import class_bn_kl_loss, gaussian_kl
+    from generators.bn_stats import gaussian_kl
 
     bn = _bn([0.5, -1.0], [4.0, 0.25])
     g = torch.Generator().manual_seed(0)
@@ -113,32 +121,32 @@ def test_class_bn_loss_is_zero_for_classes_with_the_running_statistics_and_large
         part = x[labels == c]
         part = (part - part.mean((0, 2, 3), keepdim=True)) / part.std((0, 2, 3), unbiased=False, keepdim=True)
         x[labels == c] = part * bn.running_var.sqrt()[None, :, None, None] + bn.running_mean[None, :, None, None]
-    assert class_bn_kl_loss([x], labels, [bn]).item() == pytest.approx(0.0, abs=1e-4)
+    assert _class_bn(x, labels, bn).item() == pytest.approx(0.0, abs=1e-4)
     # the whole batch matches too, but one class repeated as one image no longer does
     collapsed = x.clone()
     collapsed[labels == 1] = x[labels == 1][:1]
     per_class_var = collapsed[labels == 1].var((0, 2, 3), unbiased=False)
     per_class_mean = collapsed[labels == 1].mean((0, 2, 3))
     expected = 0.5 * gaussian_kl(per_class_mean, per_class_var, bn.running_mean, bn.running_var).mean()
-    assert class_bn_kl_loss([collapsed], labels, [bn]).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert _class_bn(collapsed, labels, bn).item() == pytest.approx(expected.item(), rel=1e-4)
     # a class with a single image is left out, and a batch of singletons refused
     odd = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
     three = x[4:7]
     kl1 = gaussian_kl(three.mean((0, 2, 3)), three.var((0, 2, 3), unbiased=False), bn.running_mean, bn.running_var)
-    assert class_bn_kl_loss([x], odd, [bn]).item() == pytest.approx(0.5 * kl1.mean().item(), rel=1e-4)
+    assert _class_bn(x, odd, bn).item() == pytest.approx(0.5 * kl1.mean().item(), rel=1e-4)
     with pytest.raises(ValueError, match="no class has 2 images"):
-        class_bn_kl_loss([x[:3]], torch.tensor([0, 1, 2]), [bn])
+        _class_bn(x[:3], torch.tensor([0, 1, 2]), bn)
 
 
-def test_bn_inputs_keeps_the_first_layers_inputs_with_gradients_and_removes_hooks():
-    from generators.bn_stats import BNInputs
-
+def test_recorder_keeps_per_image_sums_with_gradients():
     teacher = tiny_teacher()
     x = torch.rand(4, 3, 8, 8, requires_grad=True)
-    with BNInputs(teacher, 1) as early:
+    with BNStatsRecorder(teacher) as rec:
         teacher(x)
-    assert len(early.inputs) == 1 and early.inputs[0].shape == (4, 8, 8, 8)
-    assert torch.allclose(early.inputs[0], teacher[0](x))
-    early.inputs[0].sum().backward()
-    assert x.grad is not None
-    assert all(not m._forward_pre_hooks for m in teacher.modules())
+    first = rec.stats[0]
+    inputs = teacher[0](x)
+    assert first.positions == 64 and first.image_sums.shape == (4, 8)
+    assert torch.allclose(first.image_sums, inputs.sum((2, 3)), atol=1e-5)
+    assert torch.allclose(first.image_sq_sums, (inputs * inputs).sum((2, 3)), atol=1e-4)
+    first.image_sums.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
