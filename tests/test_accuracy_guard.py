@@ -17,7 +17,9 @@ from dfq.quant.reconstruct import ReconstructConfig
 from gznq.pipeline import PipelineConfig, run_pipeline
 
 TEACHER_TOP1 = 80.65  # on these 2,000 images: `eval.py --model cifar10_resnet20 --split select --limit 2000`
-CALIBRATE_DEPLOY_BAND = (3.5, 6.5)  # measured 5.30; the strided observer gave 8.55
+# measured 5.30 with additions and pooling in float, 5.95 since deploy quantizes them (8-bit residual stream);
+# the strided observer gave 8.55
+CALIBRATE_DEPLOY_BAND = (3.5, 6.5)
 RECONSTRUCT_PAPER_BAND = (0.0, 2.5)  # measured 1.55 on two threads, 0.90 on one (reconstruction varies by threads)
 
 

@@ -35,7 +35,11 @@ class QuantConfig:
     included; weights per-channel asymmetric; activations per-tensor asymmetric at the input of every
     conv/linear except the network input; BatchNorm kept in float.
     protocol "deploy" (default, what a device runs): BN folded into the convs; every conv/linear input
-    quantized, the network input at 8 bits; first and last layer at 8 bits; weights per-channel symmetric.
+    quantized, the network input at 8 bits; first and last layer at 8 bits; weights per-channel symmetric;
+    the operands of residual additions and of average pooling quantized too (`quantize_ops`, at `ops_bits`,
+    8 by default: the residual stream stays at 8 bits and a layer reading it at a_bits requantizes it), and a
+    tensor read by several quantized consumers quantized once, as an integer runtime (onnxruntime's
+    QLinearAdd, QLinearGlobalAveragePool) runs them, so that the student's accuracy is the exported model's.
     The protocol's values are filled in at construction, so build a new config to change protocol rather
     than `dataclasses.replace` one.
     """
@@ -51,6 +55,8 @@ class QuantConfig:
     first_layer_bits: int | None = None  # weight bits of the first conv/linear (None: w_bits)
     last_layer_bits: int | None = None  # weight and input bits of the last conv/linear (None: w_bits, a_bits)
     input_bits: int | None = None  # bits of the network input (first layer's input); 0 = keep in float
+    quantize_ops: bool | None = None  # quantize additions' and average pools' inputs, share inputs' quantizers
+    ops_bits: int | None = None  # bits of those inputs (deploy: 8)
     overrides: tuple[LayerOverride, ...] = ()
     skip: tuple[str, ...] = ()  # fnmatch patterns of layers left in float
     learnable: bool = False  # LSQ step sizes
@@ -73,11 +79,13 @@ class QuantConfig:
             "first_layer_bits": 8 if deploy else None,
             "last_layer_bits": 8 if deploy else None,
             "input_bits": 8 if deploy else 0,
+            "quantize_ops": deploy,
+            "ops_bits": 8 if deploy else None,
         }
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        for key in ("first_layer_bits", "last_layer_bits"):
+        for key in ("first_layer_bits", "last_layer_bits", "ops_bits"):
             if getattr(self, key) is not None:
                 check_bits(getattr(self, key), key)
         if self.input_bits != 0:
@@ -96,4 +104,5 @@ class QuantConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown QuantConfig fields {sorted(unknown)}")
-        return cls(**data)
+        # students saved before quantize_ops existed were made with additions and pooling in float
+        return cls(**{"quantize_ops": False, **data})

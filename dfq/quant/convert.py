@@ -10,8 +10,10 @@ from torch import nn
 
 from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_batchnorm
+from dfq.quant.graph import functional_ops_to_modules, tie_shared_inputs
 from dfq.quant.modules import QUANT_MODULES, LayerQuantSpec
 from dfq.quant.observers import QuantSpec
+from dfq.quant.ops import QUANT_OPS
 
 
 def _check_patterns(config: QuantConfig, names: list[str]) -> None:
@@ -56,7 +58,10 @@ def quantize_model(
     BN is folded first when the config says so. Every module whose exact type is in `module_map`
     (default: Conv2d -> QuantConv2d, Linear -> QuantLinear) is replaced, except the layers matching
     `config.skip`. "First" and "last" are the first and last such layers in module registration order.
-    Weight ranges are set at once from the weights; input ranges need `calibrate` afterwards.
+    With `config.quantize_ops` (the deploy protocol), additions and adaptive pooling written as code become
+    modules (`dfq.quant.graph.functional_ops_to_modules`), additions and average pools get quantized inputs
+    at ops_bits (`dfq.quant.ops`), and the consumers of one tensor share one input quantizer. Weight ranges
+    are set at once from the weights; input ranges need `calibrate` afterwards.
 
     Raises:
         ValueError: the model has no Conv2d/Linear layer, or a skip/override pattern matches no layer.
@@ -71,6 +76,8 @@ def quantize_model(
     _check_patterns(config, names)
     if config.fold_bn:
         fold_batchnorm(model)
+    if config.quantize_ops:
+        model, _ = functional_ops_to_modules(model)
     for i, name in enumerate(names):
         if any(fnmatchcase(name, p) for p in config.skip):
             continue
@@ -83,16 +90,41 @@ def quantize_model(
             learnable=config.learnable,
             weight_observer_kwargs=_observer_kwargs(config.weight_observer, config),
             input_observer_kwargs=_observer_kwargs(config.act_observer, config),
+            quantize_bias=bool(config.quantize_ops),
         )
         layer = model.get_submodule(name)
         model.set_submodule(name, table[type(layer)].from_float(layer, qspec))
+    if config.quantize_ops:
+        _quantize_ops(model, config)
+        tie_shared_inputs(model)
     return model
 
 
+def _quantize_ops(model: nn.Module, config: QuantConfig) -> None:
+    """Swap additions and average pools for their quantized forms, inputs at ops_bits (a_bits where it is None;
+    overrides apply)."""
+    for name, module in list(model.named_modules()):
+        if type(module) not in QUANT_OPS or any(fnmatchcase(name, p) for p in config.skip):
+            continue
+        in_bits = config.ops_bits or config.a_bits
+        for o in config.overrides:
+            if fnmatchcase(name, o.pattern) and o.a_bits is not None:
+                in_bits = o.a_bits
+        qspec = LayerQuantSpec(
+            weight=None, input=QuantSpec(in_bits, symmetric=config.a_symmetric),
+            input_observer=config.act_observer, learnable=config.learnable,
+            input_observer_kwargs=_observer_kwargs(config.act_observer, config),
+        )
+        device = next((p.device for p in module.parameters()), None) or next(
+            (p.device for p in model.parameters()), None)
+        model.set_submodule(name, QUANT_OPS[type(module)].from_float(module, qspec, device))
+
+
 def dequantize_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """The float model back: every quantized layer replaced by its `to_float()` (BN stays folded)."""
+    """The float model back: every quantized layer and op replaced by its `to_float()` (BN stays folded;
+    additions rewritten as modules stay modules)."""
     model = model if inplace else copy.deepcopy(model)
     for name, module in list(model.named_modules()):
-        if hasattr(module, "to_float") and hasattr(module, "weight_quantizer"):
+        if hasattr(module, "to_float") and (hasattr(module, "weight_quantizer") or type(module) in QUANT_OPS.values()):
             model.set_submodule(name, module.to_float())
     return model

@@ -28,6 +28,8 @@ class LayerQuantSpec:
     learnable: bool = False
     weight_observer_kwargs: tuple[tuple[str, object], ...] = ()
     input_observer_kwargs: tuple[tuple[str, object], ...] = ()
+    # the bias on the int32 grid of input scale x weight scale, as an integer runtime adds it (QLinearConv)
+    quantize_bias: bool = False
 
 
 class _QuantMixin:
@@ -63,6 +65,24 @@ class _QuantMixin:
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def bias_scale(self) -> torch.Tensor | None:
+        """The per-channel step of the bias's int32 grid (input scale x weight scale), where the layer's spec
+        quantizes its bias and both quantizers have a range; None otherwise."""
+        iq, wq = self.input_quantizer, self.weight_quantizer
+        if not self.qspec.quantize_bias or self.bias is None or iq is None or wq is None:
+            return None
+        if not iq._ready or iq.calibrating or not iq.enabled or not wq._ready or not wq.enabled:
+            return None
+        return iq.scale.detach() * wq.scale.detach()
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias as the layer adds it: on the int32 grid of `bias_scale` (straight-through), or as stored."""
+        scale = self.bias_scale()
+        if scale is None:
+            return self.bias
+        rounded = torch.round(self.bias.detach() / scale).clamp(-(2**31), 2**31 - 1) * scale
+        return self.bias + (rounded - self.bias).detach()
 
     def _finish_from_float(self, float_module: nn.Module) -> None:
         with torch.no_grad():
@@ -102,7 +122,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return conv.train(self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -127,7 +147,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return linear.train(self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}

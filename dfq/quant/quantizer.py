@@ -62,6 +62,10 @@ class TensorQuantizer(nn.Module):
         self.register_buffer("running_max", torch.full(shape, float("nan"), device=device))
         self.enabled = True
         self.calibrating = False
+        # a wider quantizer of the same tensor applied first (dfq.quant.graph.tie_shared_inputs): an integer
+        # runtime holds the tensor at the wider width and requantizes it; kept out of the module tree (it is
+        # registered where it belongs), so it is neither saved twice nor visited twice
+        self._source: list[TensorQuantizer] = []
         self.dynamic = False
         self.track_momentum: float | None = None
         # Python copies of qrange/initialized: reading tensors in forward would sync an accelerator.
@@ -117,9 +121,19 @@ class TensorQuantizer(nn.Module):
         s, z = self.scale.detach(), self.zero_point
         return (self._qmin - z) * s, (self._qmax - z) * s
 
+    @property
+    def source(self) -> "TensorQuantizer | None":
+        return self._source[0] if self._source else None
+
+    def set_source(self, source: "TensorQuantizer | None") -> None:
+        """Quantize with `source` first (None: the tensor as it comes)."""
+        self._source = [source] if source is not None else []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
+        if self._source and not self.calibrating:
+            x = self._source[0](x)
         if self.calibrating:
             self.observer.collect(x)
             return x

@@ -223,8 +223,9 @@ def reconstruct_block(
     """Optimize one block's weight rounding and activation steps so that block(inputs) matches targets
     (with `mix`, also on blends of the inputs, config.feature_mix ignored: the caller decides)."""
     layers = [m for m in block.modules() if isinstance(m, _QUANT_LAYERS) and m.weight_quantizer is not None]
-    act_quantizers = [m.input_quantizer for m in block.modules()
-                      if isinstance(m, _QUANT_LAYERS) and m.input_quantizer is not None]
+    # a quantizer shared by several layers (dfq.quant.graph.tie_shared_inputs) is listed once
+    act_quantizers = list({id(m.input_quantizer): m.input_quantizer for m in block.modules()
+                           if isinstance(m, _QUANT_LAYERS) and m.input_quantizer is not None}.values())
     before = _block_error(block, inputs, targets)
     gen = torch.Generator().manual_seed(config.seed)
     try:

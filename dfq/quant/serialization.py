@@ -35,7 +35,9 @@ def save_student(
     records how the student was made (method, source, teacher checkpoint, ...).
     """
     out = Path(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # a shared quantizer (dfq.quant.graph.tie_shared_inputs) appears under each of its names: safetensors
+    # refuses tensors that share memory, so each name gets its own copy
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     check_finite(state, where="the student", unset=UNSET_BUFFERS)  # a diverged run is refused, not saved
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
     meta = {

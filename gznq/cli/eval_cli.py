@@ -4,6 +4,7 @@ real images."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="real images: ImageFolder directory (class subfolders) or torchvision CIFAR root "
                                   "(with --generator: the reference for diversity, optional)")
     p.add_argument("--generator", help="report the quality of this generator's data for --model instead")
+    p.add_argument("--onnx", help="evaluate this exported model (`train.py export`) with onnxruntime; with "
+                                  "--checkpoint STUDENT_DIR, also its agreement with the fake-quantized student")
+    p.add_argument("--threads", type=positive_int, help="with --onnx: onnxruntime's threads (default: all cores)")
     p.add_argument("--num-images", type=positive_int, default=2048, help="with --generator: samples to judge")
     p.add_argument("--checkpoint", help="teacher weights file, or a student directory written by `train.py quantize`")
     p.add_argument("--teacher-checkpoint", help="weights of a student's teacher (default: as recorded, else the zoo's)")
@@ -98,12 +102,46 @@ def run_generator_report(args: argparse.Namespace) -> dict:
     return payload
 
 
+def run_onnx_report(args: argparse.Namespace) -> dict:
+    """Top-1 of an exported model in onnxruntime; beside a student, the student's and their agreement."""
+    from dfq.export.check import OnnxModule, input_spec
+
+    if not args.data:
+        raise ValueError("--onnx needs --data, the real images to evaluate on")
+    if not os.path.isfile(args.onnx):
+        raise FileNotFoundError(f"--onnx {args.onnx!r} is not a file; write one with `python train.py export`")
+    if args.checkpoint and not is_student_dir(args.checkpoint):
+        raise ValueError(f"with --onnx, --checkpoint must be the student directory it was exported from; "
+                         f"{args.checkpoint!r} is not one")
+    model, spec = OnnxModule(args.onnx, threads=args.threads), input_spec(args.onnx)
+    student = load_student(args.checkpoint)[0] if args.checkpoint else None
+    loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, split=args.split,
+                               num_workers=args.workers)
+    result = evaluate(model, loader, teacher=student, progress=not args.no_progress, desc="onnxruntime")
+    payload = {"onnx": args.onnx, "checkpoint": args.checkpoint, "data": str(args.data), "split": args.split,
+               "limit": args.limit, **result.to_dict()}
+    if student is not None:  # evaluate's "teacher" here is the student the file was exported from
+        payload = {**payload, "student_top1": payload.pop("teacher_top1"), "student_top5": payload.pop("teacher_top5"),
+                   "top1_minus_student": -payload.pop("drop")}
+    columns = [("onnx", "onnx"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
+    if student is not None:
+        columns += [("student_top1", "student %"), ("agreement", "agree %")]
+    print(format_table([payload], columns + [("seconds", "seconds")]))
+    if args.json_out:
+        write_json_atomic(args.json_out, payload)
+    return payload
+
+
 def run(args: argparse.Namespace) -> dict:
     """Evaluate as the parsed arguments say; returns the JSON payload."""
     if args.json_out:
         check_writable_file(args.json_out)
+    if args.generator and args.onnx:
+        raise ValueError("give --generator or --onnx, not both")
     if args.generator:
         return run_generator_report(args)
+    if args.onnx:
+        return run_onnx_report(args)
     if not args.data:
         raise ValueError("--data is required: the real images to evaluate on")
     model, teacher, spec, name = _load_models(args)
@@ -126,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         run(args)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
         print(f"gznq-eval: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@
     sample     write generated images as an ImageFolder of PNGs
     pixels     baseline: optimize a fixed image set directly on the BN losses
     quantize   quantize a teacher and calibrate it from real:, generator: or pixels: images
+    export     write a saved deploy student as a QDQ ONNX model that onnxruntime runs with integer kernels
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gznq.cli import generator_cmd, quantize_cmd
+from gznq.cli import export_cmd, generator_cmd, quantize_cmd
 from gznq.cli.common import error_message, tune_allocator
 
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     generator_cmd.add_parsers(sub)
     quantize_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     return parser
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         args.func(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
         print(f"gznq-train {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,6 @@
+"""Export of quantized students: QDQ ONNX (`export_onnx`) and its checks in onnxruntime (`dfq.export.check`).
+Needs the `export` extra (onnx, onnxruntime): pip install 'gznq[export]'."""
+
+from dfq.export.onnx_export import ExportError, build_onnx, export_onnx
+
+__all__ = ["ExportError", "build_onnx", "export_onnx"]

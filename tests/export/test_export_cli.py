@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from gznq.cli.eval_cli import main as eval_main
+from gznq.cli.train_cli import main as train_main
+
+
+@pytest.fixture(scope="module")
+def w4_student(weights_dir, cifar_train_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "w4"
+    code = train_main([
+        "quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+        "--source", f"real:{cifar_train_dir}", "--calib-images", "128", "--w-bits", "4", "--a-bits", "4",
+        "--method", "calibrate", "--out", str(out), "--workers", "0", "--no-progress",
+    ])
+    assert code == 0
+    return out
+
+
+def test_export_then_evaluate_in_onnxruntime(w4_student, cifar_test_dir, tmp_path, capsys):
+    onnx_file = tmp_path / "w4.onnx"
+    assert train_main(["export", "--checkpoint", str(w4_student), "--out", str(onnx_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "integer kernels: 20 (1 QGemm, 19 QLinearConv)" in printed and "in float" not in printed
+
+    result_file = tmp_path / "onnx.json"
+    code = eval_main(["--onnx", str(onnx_file), "--checkpoint", str(w4_student), "--data", str(cifar_test_dir),
+                      "--limit", "300", "--json", str(result_file), "--no-progress", "--workers", "0"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(result_file.read_text())
+    assert result["num_images"] == 300
+    assert result["agreement"] >= 99.0 and abs(result["top1_minus_student"]) <= 0.4
+    assert 40 <= result["top1"] <= 90  # a W4A4 ResNet-20 calibrated on 128 images, on the JPEG test images
+
+    # without a student: top-1 alone, from the input spec the file records
+    assert eval_main(["--onnx", str(onnx_file), "--data", str(cifar_test_dir), "--limit", "100", "--no-progress",
+                      "--workers", "0"]) == 0
+
+    # an existing file is kept unless --overwrite
+    before = onnx_file.read_bytes()
+    assert train_main(["export", "--checkpoint", str(w4_student), "--out", str(onnx_file)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and onnx_file.read_bytes() == before
+
+
+def test_bad_export_requests_are_refused(w4_student, weights_dir, cifar_train_dir, tmp_path, capsys):
+    assert train_main(["export", "--checkpoint", str(w4_student), "--out", str(tmp_path / "m.txt")]) == 2
+    assert "ending in .onnx" in capsys.readouterr().err
+    assert train_main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not a saved student" in capsys.readouterr().err
+    paper = tmp_path / "paper"
+    assert train_main([
+        "quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+        "--source", f"real:{cifar_train_dir}", "--calib-images", "32", "--batch-size", "32", "--protocol", "paper",
+        "--method", "calibrate", "--out", str(paper), "--workers", "0", "--no-progress",
+    ]) == 0
+    capsys.readouterr()
+    assert train_main(["export", "--checkpoint", str(paper), "--out", str(tmp_path / "p.onnx")]) == 2
+    assert "BatchNorm is not folded" in capsys.readouterr().err
+    assert not (tmp_path / "p.onnx").exists() and not (tmp_path / "p.onnx.partial").exists()
+    assert eval_main(["--onnx", str(tmp_path / "missing.onnx"), "--data", str(tmp_path)]) == 2
+    assert "is not a file" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfq import QuantConfig, calibrate, quantize_model
+from dfq.export import ExportError, export_onnx
+from dfq.export.check import OnnxModule, input_spec, integer_kernels, onnx_logits
+from dfq.models import create_teacher
+from dfq.models.spec import InputSpec
+from tests.quant.helpers import randomize_bn
+
+SPEC = InputSpec(image_size=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_classes=4)
+
+
+class ResidualNet(nn.Module):
+    """A stem, one residual block whose addition is written as code (`out += x`), a strided block with a
+    zero-padded shortcut, pooling and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv_a = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.conv_b = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.bn_a(self.conv_a(x))
+        out += x
+        x = F.relu(out)
+        short = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))
+        x = self.relu(self.bn_b(self.conv_b(x)) + short)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _student(model, bits, **config):
+    torch.manual_seed(0)
+    student = quantize_model(randomize_bn(model), QuantConfig(w_bits=bits, a_bits=bits, **config))
+    calibrate(student, [torch.randn(32, 3, 8, 8)])
+    return student.eval()
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_export_matches_the_student_and_runs_integer_kernels(bits, tmp_path):
+    student = _student(ResidualNet(), bits)
+    path = export_onnx(student, SPEC, tmp_path / "m.onnx")
+    x = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        ref = student(x)
+    out = onnx_logits(path, [x])
+    assert out.shape == ref.shape
+    # the runtime's integer arithmetic equals the fake quantization up to float rounding at ties
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+    report = integer_kernels(path)
+    assert report.all_integer(), report.format()
+    assert report.integer == {"QLinearConv": 3, "QGemm": 1}
+    assert report.integer_ops["QLinearAdd"] == 2 and report.integer_ops["QLinearGlobalAveragePool"] == 1
+
+
+def test_cifar_resnet_exports_every_layer_as_an_integer_kernel(weights_dir, tmp_path):
+    # trained weights: in a random-weight ResNet one float rounding at a tie upstream grows without bound
+    teacher, spec = create_teacher("cifar10_resnet20", checkpoint=weights_dir / "resnet20-12fca82f.th")
+    student = quantize_model(teacher.eval(), QuantConfig(w_bits=4, a_bits=4))
+    calibrate(student, [torch.randn(16, 3, 32, 32)])
+    path = export_onnx(student.eval(), spec, tmp_path / "r20.onnx", metadata={"teacher": "cifar10_resnet20"})
+    report = integer_kernels(path)
+    assert report.integer == {"QLinearConv": 19, "QGemm": 1} and not report.float_layers
+    assert report.integer_ops == {"QLinearAdd": 9, "QLinearGlobalAveragePool": 1}
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref = student(x)
+    out = OnnxModule(path)(x)
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 7 / 8
+    assert input_spec(path) == spec
+
+
+def test_refuses_what_it_cannot_write_as_integers(tmp_path):
+    paper = _student(ResidualNet(), 4, protocol="paper")
+    with pytest.raises(ExportError, match="BatchNorm is not folded"):
+        export_onnx(paper, SPEC, tmp_path / "p.onnx")
+    asym = _student(ResidualNet(), 4, w_symmetric=False)
+    with pytest.raises(ExportError, match="symmetric"):
+        export_onnx(asym, SPEC, tmp_path / "a.onnx")
+    uncalibrated = quantize_model(randomize_bn(ResidualNet()), QuantConfig(w_bits=4, a_bits=4))
+    with pytest.raises(ExportError, match="calibrate"):
+        export_onnx(uncalibrated, SPEC, tmp_path / "u.onnx")
+    gelu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.LazyLinear(2))
+    gelu(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ExportError, match="GELU is not exportable"):
+        export_onnx(_student(gelu, 8), SPEC, tmp_path / "g.onnx")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_an_existing_file_is_kept_unless_asked(tmp_path):
+    student = _student(ResidualNet(), 8)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_onnx(student, SPEC, path)
+    assert path.read_bytes() == b"keep"
+    export_onnx(student, SPEC, path, overwrite=True)
+    assert path.stat().st_size > 1000
+
+
+def test_float_layers_are_named(tmp_path):
+    # a layer left in float reads its input in float, so the stem that makes that input cannot fuse either
+    student = _student(ResidualNet(), 8, skip=("conv_a",))
+    report = integer_kernels(export_onnx(student, SPEC, tmp_path / "m.onnx"))
+    assert not report.all_integer()
+    assert sorted(f.split()[1] for f in report.float_layers) == ["conv_a_Conv", "stem_0_Conv"]
+    assert report.integer == {"QLinearConv": 1, "QGemm": 1}
