@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-float", action="store_true",
                    help="keep the file even where onnxruntime runs a convolution or linear in float (by default "
                         "the export is refused, naming those layers)")
+    p.add_argument("--pack-int4", action="store_true",
+                   help="write weights of 4 bits and fewer as int4 (opset 21): a smaller file, but onnxruntime runs "
+                        "those layers in float (needs --allow-float)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> dict:
     staged = out.with_name(out.name + ".partial")
     export_onnx(student, spec, staged, overwrite=True,
                 metadata={"teacher": meta["teacher"], "quant_config": meta["quant_config"],
-                          "student": str(args.checkpoint)})
+                          "student": str(args.checkpoint)}, pack_int4=args.pack_int4)
     try:
         report = integer_kernels(staged)
     except Exception:
@@ -47,9 +50,10 @@ def run(args: argparse.Namespace) -> dict:
     print(report.format())
     if report.float_layers and not args.allow_float:
         staged.unlink(missing_ok=True)
+        why = ("onnxruntime does not fuse int4-packed weights; leave out --pack-int4 for integer kernels"
+               if args.pack_int4 else "export a student of the deploy protocol with no layer skipped")
         raise ValueError(f"onnxruntime runs {len(report.float_layers)} convolution(s)/linear(s) in float: "
-                         f"{', '.join(report.float_layers[:6])}; export a student of the deploy protocol, or pass "
-                         "--allow-float to keep the file anyway")
+                         f"{', '.join(report.float_layers[:6])}; {why}, or pass --allow-float to keep the file anyway")
     os.replace(staged, out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return {"out": str(out), **report.to_dict()}
