@@ -1,5 +1,5 @@
 """Export of quantized students: QDQ ONNX (`export_onnx`) and its checks in onnxruntime (`dfq.export.check`).
-Needs the `export` extra (onnx, onnxruntime): pip install 'gznq[export]'."""
+Needs the `export` extra (onnx, onnxruntime): pip install -e '.[export]' (from the repository root)."""
 
 from dfq.export.onnx_export import ExportError, build_onnx, export_onnx
 

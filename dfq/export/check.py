@@ -25,8 +25,17 @@ def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("running ONNX models needs onnxruntime: pip install 'gznq[export]'") from None
+        raise ImportError("running ONNX models needs onnxruntime: pip install -e '.[export]' (from the repository root)") from None
     return onnxruntime
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("reading ONNX files needs the onnx package: pip install -e '.[export]' (from the "
+                          "repository root)") from None
+    return onnx
 
 
 def session(path: str | os.PathLike, *, threads: int | None = None, optimized_path: str | os.PathLike | None = None,
@@ -42,7 +51,10 @@ def session(path: str | os.PathLike, *, threads: int | None = None, optimized_pa
         options.intra_op_num_threads = threads
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors are not OSError/ValueError subclasses
+        raise ValueError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from None
 
 
 @dataclass
@@ -78,8 +90,7 @@ def integer_kernels(path: str | os.PathLike) -> KernelReport:
     """Count the convolutions and linears onnxruntime runs as integer kernels in its optimized graph (the
     fusions of QDQ groups happen at its "extended" level; "all" adds only layout changes), and name those
     it leaves in float."""
-    import onnx
-
+    onnx = _onnx()
     report = KernelReport()
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
@@ -137,9 +148,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata an exported model carries (JSON values decoded)."""
     import json
 
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = _onnx().load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's decode errors are not ValueErrors
+        raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
     meta = {}
     for prop in model.metadata_props:
         try:

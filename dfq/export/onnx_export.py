@@ -29,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
+from dfq.modes import restored
 from dfq.quant.graph import passes_quantization, quantized_operands, source_of, trace
 from dfq.quant.modules import QuantConv2d, QuantLinear
 from dfq.quant.ops import QuantAdaptiveAvgPool2d, QuantAdd, QuantAvgPool2d
@@ -37,6 +38,7 @@ from dfq.quant.quantizer import TensorQuantizer
 
 OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis)
 OPSET_INT4 = 21  # int4 initializers
+IR_VERSION = {OPSET: 7, OPSET_INT4: 10}
 
 
 class ExportError(ValueError):
@@ -47,7 +49,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise ImportError("ONNX export needs the onnx package: pip install 'gznq[export]'") from None
+        raise ImportError("ONNX export needs the onnx package: pip install -e '.[export]' (from the repository root)") from None
     return onnx
 
 
@@ -192,8 +194,8 @@ def _slice(w: _Writer, x: str, index, name: str) -> str:
 
 def _pad(w: _Writer, x: str, pad, name: str) -> str:
     pad = list(pad)
-    if len(pad) % 2:
-        raise ExportError(f"{name}: odd pad list {pad}")
+    if len(pad) % 2 or len(pad) > 8:
+        raise ExportError(f"{name}: pad list {pad} is not exportable (pairs for at most the 4 axes of an image batch)")
     pairs = len(pad) // 2  # torch: (last_begin, last_end, second_last_begin, ...)
     begins = [0] * (4 - pairs) + [pad[2 * i] for i in reversed(range(pairs))]
     ends = [0] * (4 - pairs) + [pad[2 * i + 1] for i in reversed(range(pairs))]
@@ -211,9 +213,10 @@ def _flatten_axis(node: fx.Node) -> int:
         raise ExportError(f"{node.name}: only x.{node.target}(x.size(0), -1) reshapes are exportable, got {shape}")
     start = node.kwargs.get("start_dim", args[0] if args else 0)
     end = node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
-    if end != -1:
-        raise ExportError(f"{node.name}: flatten up to dim {end} is not exportable (only to the last dim)")
-    return int(start)
+    if end != -1 or start != 1:
+        raise ExportError(f"{node.name}: only flattening from dim 1 to the last is exportable (ONNX Flatten makes "
+                          f"2-D tensors), got start_dim={start}, end_dim={end}")
+    return 1
 
 
 FLOAT_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
@@ -262,19 +265,36 @@ def build_onnx(student: nn.Module, spec: InputSpec, *, metadata: dict | None = N
 
     # where each quantized operand's tensor is made: quantize there, once (onnxruntime fuses it into its maker)
     quant_at: dict[fx.Node, TensorQuantizer] = {}
-    on_path: set[fx.Node] = set()
+    on_path: set[fx.Node] = set()  # ops between such a tensor and a quantized layer reading it
+    quantized_reads: set[tuple[fx.Node, fx.Node]] = set()  # (reader, node) read through a quantizer
     for node in graph.nodes:
         if node.op == "call_module":
             for index, attr in quantized_operands(modules[node.target]):
                 arg = node.args[index]
                 q = getattr(modules[node.target], attr)
+                if not q.enabled:
+                    raise ExportError(f"{node.target}.{attr} is disabled; an integer runtime quantizes every input of "
+                                      "a quantized layer: enable it (or skip the layer) before exporting")
                 quant_at.setdefault(source_of(arg, modules), q.source or q)
+                quantized_reads.add((node, arg))
+                reader_node = node
                 while arg is not source_of(arg, modules):
                     on_path.add(arg)
-                    arg = arg.args[0]
+                    quantized_reads.add((reader_node, arg))
+                    reader_node, arg = arg, arg.args[0]
+                quantized_reads.add((reader_node, arg))
 
-    values: dict[fx.Node, str] = {}  # float value of each node
-    dequantized: dict[fx.Node, str] = {}  # its quantized-dequantized value, where it is quantized
+    # which nodes something reads in float (not through a quantizer), directly or through an on-path op's
+    # float twin; decided from the output backwards
+    read_in_float: set[fx.Node] = set()
+    for node in reversed(list(graph.nodes)):
+        if any((user, node) not in quantized_reads or (user in on_path and user in read_in_float)
+               for user in node.users):
+            read_in_float.add(node)
+
+    values: dict[fx.Node, str] = {}  # float value of each node (where something reads it in float)
+    dequantized: dict[fx.Node, str] = {}  # the quantized-dequantized value, where a tensor is quantized
+    path_values: dict[fx.Node, str] = {}  # values of on-path ops, computed from quantized inputs
 
     def operand(node: fx.Node, q: TensorQuantizer, base: str) -> str:
         """The value a quantized layer reads through `q`: the tensor as quantized where it is made (by q, or
@@ -282,41 +302,47 @@ def build_onnx(student: nn.Module, spec: InputSpec, *, metadata: dict | None = N
         source, held_by = source_of(node, modules), q.source or q
         if quant_at.get(source) is not held_by:
             raise ExportError(f"{base}: {source} is read by quantized layers with different quantizers; an integer "
-                              "runtime quantizes a tensor once: build the student with quantize_ops=True (deploy)")
-        if source is node or values[node] == dequantized[source]:  # nothing, or only identities, in between
+                              "runtime quantizes a tensor once: re-quantize the student with this version's deploy "
+                              "protocol (train.py quantize)")
+        if source is node or path_values[node] == dequantized[source]:  # nothing, or only identities, between
             value = dequantized[source]
         else:  # ops between the source and here kept the grid; onnxruntime needs the pair again to see integers
-            value = _quantize_dequantize(w, values[node], held_by, f"{base}_in")
+            value = _quantize_dequantize(w, path_values[node], held_by, f"{base}_in")
         return value if q.source is None else _quantize_dequantize(w, value, q, f"{base}_requant")
 
-    def reader(consumer: fx.Node):
-        """How `consumer` reads its inputs: their quantized values where it lies between a quantized tensor and
-        the quantized layer that reads it, else their float values."""
-        return lambda node: dequantized.get(node, values[node]) if consumer in on_path else values[node]
+    def float_reader(node) -> str:
+        return values[node]
+
+    def path_reader(node) -> str:
+        return path_values[node] if node in path_values else dequantized[node]
+
+    def emit(node: fx.Node, read, q_out) -> str | None:
+        if node.op == "call_module":
+            return _module(w, modules[node.target], node, node.name, read, operand, q_out)
+        if node.op in ("call_function", "call_method"):
+            return _function(w, node, node.name, read, q_out)
+        raise ExportError(f"{node.name}: {node.op} nodes ({node.target}) are not exportable")
 
     graph_input = graph_output = None
     for node in graph.nodes:
-        name = node.name
         if node.op == "placeholder":
             if graph_input is not None:
                 raise ExportError("the exporter takes models with one input")
-            graph_input = w.name("input")
-            out = graph_input
+            graph_input = values[node] = w.name("input")
         elif node.op == "output":
             graph_output = node.args[0]
             if not isinstance(graph_output, fx.Node):
                 raise ExportError("the exporter takes models with one tensor output")
             continue
-        elif node.op == "call_module":
-            module = modules[node.target]
-            out = _module(w, module, node, name, reader(node), operand, quant_at.get(node))
-        elif node.op in ("call_function", "call_method"):
-            out = _function(w, node, name, reader(node), quant_at.get(node))
         else:
-            raise ExportError(f"{name}: {node.op} nodes ({node.target}) are not exportable")
-        values[node] = out
-        if node in quant_at and out is not None:
-            dequantized[node] = _quantize_dequantize(w, out, quant_at[node], name)
+            floats = node in read_in_float
+            if node in on_path:
+                path_values[node] = emit(node, path_reader, None)
+            if floats or node not in on_path:
+                # a relu6 may become a Relu only where its value is read through the quantizer alone
+                values[node] = emit(node, float_reader, None if floats else quant_at.get(node))
+        if node in quant_at and values.get(node) is not None:
+            dequantized[node] = _quantize_dequantize(w, values[node], quant_at[node], node.name)
     if graph_input is None or graph_output is None:
         raise ExportError("the traced student has no input or no output")
 
@@ -328,7 +354,9 @@ def build_onnx(student: nn.Module, spec: InputSpec, *, metadata: dict | None = N
         [helper.make_tensor_value_info(values[graph_output], onnx.TensorProto.FLOAT, ["batch", None])],
         initializer=w.initializers,
     )
-    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", OPSET_INT4 if w.packed else OPSET)], producer_name="gznq")
+    opset = OPSET_INT4 if w.packed else OPSET
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)], producer_name="gznq")
+    model.ir_version = IR_VERSION[opset]  # the oldest IR that holds the opset, so older runtimes load it
     meta = {"input_spec": dataclasses.asdict(spec), "input": "normalized image, (x - mean) / std",
             **(metadata or {})}
     helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
@@ -375,8 +403,9 @@ def _module(w, module, node, name, read, operand, q_out) -> str:
     if isinstance(module, (nn.Identity, nn.Dropout)):
         return read(node.args[0])
     if isinstance(module, nn.Flatten):
-        if module.end_dim != -1:
-            raise ExportError(f"{node.target}: Flatten up to dim {module.end_dim} is not exportable")
+        if module.end_dim != -1 or module.start_dim != 1:
+            raise ExportError(f"{node.target}: only Flatten from dim 1 to the last is exportable (ONNX Flatten "
+                              "makes 2-D tensors)")
         return w.node("Flatten", [read(node.args[0])], name, axis=module.start_dim)
     raise ExportError(f"{node.target}: {type(module).__name__} is not exportable; the exporter knows convolutions, "
                       "linears, additions, ReLU/ReLU6, average/max pooling, flatten, slicing and zero padding")
@@ -406,6 +435,8 @@ def _function(w, node, name, read, q_out) -> str | None:
         if mode != "constant" or value:
             raise ExportError(f"{name}: only zero padding is exportable, got mode {mode!r} value {value!r}")
         return _pad(w, x, node.args[1], name)
+    if kind in ("add", "gap") and node.kwargs:
+        raise ExportError(f"{name}: {target} with {dict(node.kwargs)} is not exportable")
     if kind == "add":
         other = node.args[1]
         if not isinstance(other, fx.Node):
@@ -429,9 +460,8 @@ def export_onnx(student: nn.Module, spec: InputSpec, path: str | os.PathLike, *,
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    student = student.eval()
-    with torch.no_grad():
-        model = build_onnx(student, spec, metadata=metadata, pack_int4=pack_int4)
+    with restored(student), torch.no_grad():
+        model = build_onnx(student.eval(), spec, metadata=metadata, pack_int4=pack_int4)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(model.SerializeToString()))
     return path
 

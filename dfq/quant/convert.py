@@ -53,7 +53,9 @@ def quantize_model(
     module_map: Mapping[type[nn.Module], type[nn.Module]] | None = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """Return a fake-quantized copy of `model` (or `model` itself with inplace=True).
+    """Return a fake-quantized copy of `model` (or, with inplace=True, `model` converted in place; use the
+    returned object all the same: where `quantize_ops` rewrites the root module's own forward code, the
+    returned model is a new object holding the converted layers).
 
     BN is folded first when the config says so. Every module whose exact type is in `module_map`
     (default: Conv2d -> QuantConv2d, Linear -> QuantLinear) is replaced, except the layers matching

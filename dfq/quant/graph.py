@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from dfq.modes import restored
 from dfq.quant.ops import Add
 
 ADD_TARGETS = (operator.add, operator.iadd, torch.add)
@@ -33,6 +34,10 @@ PASS_FUNCTIONS = {"flatten", "dropout", "max_pool2d", "_max_pool2d", "max_pool2d
                   "reshape"}
 PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
 _SHAPE_OPS = {"size", "dim"}
+
+
+class _ModeDependent(Exception):
+    pass
 
 
 class _ShallowTracer(fx.Tracer):
@@ -74,10 +79,14 @@ def _is_functional_pool(node: fx.Node) -> bool:
 def _rewrite_one(module: nn.Module) -> nn.Module | None:
     """`module` as a GraphModule whose functional adds and adaptive pools call new modules, or None when its
     forward has none (or cannot be traced)."""
-    graph = _ShallowTracer().trace(module)
+    with restored(module):  # torch.fx writes `self.training` into the graph as the constant it was
+        graph = _ShallowTracer().trace(module.eval())
+        train_code = _ShallowTracer().trace(module.train()).python_code("self").src
     targets = [n for n in graph.nodes if _is_functional_add(n) or _is_functional_pool(n)]
     if not targets:
         return None
+    if graph.python_code("self").src != train_code:
+        raise _ModeDependent("its forward code depends on train/eval mode")
     names = set(dict(module.named_children()))
     for node in targets:
         base = "add" if _is_functional_add(node) else "pool"
@@ -116,6 +125,9 @@ def functional_ops_to_modules(model: nn.Module) -> tuple[nn.Module, list[str]]:
     for name, module in reversed(candidates):  # children before their parents
         try:
             new = _rewrite_one(module)
+        except _ModeDependent as exc:
+            untraceable.append(f"{name or type(module).__name__} ({exc})")
+            continue
         except Exception as exc:  # fx raises many types on Python it cannot trace
             untraceable.append(f"{name or type(module).__name__} ({type(exc).__name__})")
             continue
@@ -127,7 +139,7 @@ def functional_ops_to_modules(model: nn.Module) -> tuple[nn.Module, list[str]]:
         else:
             model = new
     if untraceable:
-        warnings.warn("torch.fx could not trace " + ", ".join(untraceable[:5])
+        warnings.warn("torch.fx could not rewrite " + ", ".join(untraceable[:5])
                       + ("..." if len(untraceable) > 5 else "")
                       + ": additions or pooling written in their forward code stay in float")
     return model, rewritten

@@ -129,11 +129,21 @@ class TensorQuantizer(nn.Module):
         """Quantize with `source` first (None: the tensor as it comes)."""
         self._source = [source] if source is not None else []
 
+    def quantize_as_source(self, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize `x` with the stored range, for a narrower quantizer that requantizes this one's
+        output: no observing and no range tracking (this quantizer's own calls do that, once per batch)."""
+        if not self.enabled or self.calibrating:
+            return x
+        if not self._ready:
+            raise RuntimeError("TensorQuantizer used before its range was set: run dfq.calibrate(model, batches)")
+        fq = lsq_fake_quantize if self.scale.requires_grad and self.training else fake_quantize
+        return fq(x, self.scale, self.zero_point, self._qmin, self._qmax, self.spec.axis)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
         if self._source and not self.calibrating:
-            x = self._source[0](x)
+            x = self._source[0].quantize_as_source(x)
         if self.calibrating:
             self.observer.collect(x)
             return x

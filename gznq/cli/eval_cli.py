@@ -104,7 +104,7 @@ def run_generator_report(args: argparse.Namespace) -> dict:
 
 def run_onnx_report(args: argparse.Namespace) -> dict:
     """Top-1 of an exported model in onnxruntime; beside a student, the student's and their agreement."""
-    from dfq.export.check import OnnxModule, input_spec
+    from dfq.export.check import OnnxModule, input_spec, read_metadata
 
     if not args.data:
         raise ValueError("--onnx needs --data, the real images to evaluate on")
@@ -115,6 +115,9 @@ def run_onnx_report(args: argparse.Namespace) -> dict:
                          f"{args.checkpoint!r} is not one")
     model, spec = OnnxModule(args.onnx, threads=args.threads), input_spec(args.onnx)
     student = load_student(args.checkpoint)[0] if args.checkpoint else None
+    recorded = read_metadata(args.onnx).get("student")
+    if student is not None and recorded and os.path.realpath(recorded) != os.path.realpath(args.checkpoint):
+        print(f"note: {args.onnx} was exported from {recorded}, not {args.checkpoint}", file=sys.stderr)
     loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, split=args.split,
                                num_workers=args.workers)
     result = evaluate(model, loader, teacher=student, progress=not args.no_progress, desc="onnxruntime")

@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> dict:
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     student, meta = load_student(args.checkpoint)
+    config = meta["quant_config"]
+    if config.get("protocol") == "deploy" and not config.get("quantize_ops"):
+        raise ValueError(f"{args.checkpoint} was made before the deploy protocol quantized additions, pooling and "
+                         "biases as an integer runtime does, so onnxruntime cannot run it in integers; re-run "
+                         "`train.py quantize` with this version to make a student it can export")
     _, spec = create_teacher(meta["teacher"], pretrained=False)
     staged = out.with_name(out.name + ".partial")
     export_onnx(student, spec, staged, overwrite=True,
@@ -50,8 +55,12 @@ def run(args: argparse.Namespace) -> dict:
     print(report.format())
     if report.float_layers and not args.allow_float:
         staged.unlink(missing_ok=True)
-        why = ("onnxruntime does not fuse int4-packed weights; leave out --pack-int4 for integer kernels"
-               if args.pack_int4 else "export a student of the deploy protocol with no layer skipped")
+        if args.pack_int4:
+            why = "onnxruntime does not fuse int4-packed weights; leave out --pack-int4 for integer kernels"
+        elif config.get("input_bits") == 0:
+            why = "the student leaves the network input in float (input_bits=0); quantize it with input_bits 8"
+        else:
+            why = "a layer skipped by the student's config stays in float, and so does whatever feeds it"
         raise ValueError(f"onnxruntime runs {len(report.float_layers)} convolution(s)/linear(s) in float: "
                          f"{', '.join(report.float_layers[:6])}; {why}, or pass --allow-float to keep the file anyway")
     os.replace(staged, out)

@@ -1,6 +1,10 @@
 import json
 
 import pytest
+import torch
+
+from dfq import QuantConfig, calibrate, quantize_model, save_student
+from dfq.models import create_teacher
 
 from gznq.cli.eval_cli import main as eval_main
 from gznq.cli.train_cli import main as train_main
@@ -60,3 +64,20 @@ def test_bad_export_requests_are_refused(w4_student, weights_dir, cifar_train_di
     assert not (tmp_path / "p.onnx").exists() and not (tmp_path / "p.onnx.partial").exists()
     assert eval_main(["--onnx", str(tmp_path / "missing.onnx"), "--data", str(tmp_path)]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_unloadable_files_and_old_students_are_refused_with_the_fix(w4_student, cifar_test_dir, tmp_path, capsys):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    assert eval_main(["--onnx", str(garbage), "--data", str(cifar_test_dir), "--limit", "10"]) == 2
+    assert "onnxruntime cannot load" in capsys.readouterr().err
+    # a deploy student saved before quantize_ops existed: float additions and biases, no field in its JSON
+    teacher, _ = create_teacher("cifar10_resnet20", pretrained=False)
+    config = QuantConfig(w_bits=4, a_bits=4, quantize_ops=False)
+    student = calibrate(quantize_model(teacher, config), [torch.randn(4, 3, 32, 32)])
+    old = save_student(student, tmp_path / "old", config=config, teacher="cifar10_resnet20")
+    meta = json.loads((old / "student.json").read_text())
+    del meta["quant_config"]["quantize_ops"], meta["quant_config"]["ops_bits"]
+    (old / "student.json").write_text(json.dumps(meta))
+    assert train_main(["export", "--checkpoint", str(old), "--out", str(tmp_path / "old.onnx")]) == 2
+    assert "made before the deploy protocol quantized additions" in capsys.readouterr().err

@@ -1,8 +1,12 @@
+import json
+
+import pytest
 import torch
 from torch import nn
 
 from dfq.models import create_teacher
-from dfq.quant import QuantConfig, calibrate, quantize_model
+from dfq.quant import QuantConfig, calibrate, load_student, quantize_model, save_student
+from dfq.quant.serialization import META_FILE
 from dfq.quant.graph import functional_ops_to_modules
 from dfq.quant.ops import Add, QuantAdaptiveAvgPool2d, QuantAdd
 from tests.quant.helpers import randomize_bn
@@ -79,12 +83,23 @@ def test_deploy_quantizes_additions_and_pooling_and_shares_a_tensors_quantizer()
     assert same.blocks[1].conv1.input_quantizer is same.blocks[1].add0.second_input_quantizer
 
 
-def test_paper_protocol_and_old_students_keep_additions_in_float():
+def test_paper_protocol_and_old_students_keep_additions_in_float(tmp_path):
     student = quantize_model(randomize_bn(Net()), QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
     assert not any(isinstance(m, (QuantAdd, Add)) for m in student.modules())
-    old = QuantConfig(w_bits=4, a_bits=4).to_dict()
-    del old["quantize_ops"]  # a student saved before the field existed
-    assert QuantConfig.from_dict(old).quantize_ops is False
+    # a deploy student saved before quantize_ops existed: its JSON lacks the field, and it loads as it was made
+    teacher, _ = create_teacher("cifar10_resnet20", pretrained=False)
+    config = QuantConfig(w_bits=4, a_bits=4, quantize_ops=False)
+    old = quantize_model(randomize_bn(teacher), config)
+    calibrate(old, [torch.randn(8, 3, 32, 32)])
+    saved = save_student(old, tmp_path / "old", config=config, teacher="cifar10_resnet20")
+    meta = json.loads((saved / META_FILE).read_text())
+    del meta["quant_config"]["quantize_ops"], meta["quant_config"]["ops_bits"]
+    (saved / META_FILE).write_text(json.dumps(meta))
+    loaded, _ = load_student(saved)
+    assert not any(isinstance(m, (QuantAdd, Add)) for m in loaded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), old.eval()(x))
 
 
 def test_deploy_bias_lies_on_the_int32_grid_of_input_times_weight_scale():
@@ -97,3 +112,31 @@ def test_deploy_bias_lies_on_the_int32_grid_of_input_times_weight_scale():
     steps = conv.quantized_bias().detach() / scale
     assert torch.allclose(steps, steps.round(), atol=1e-3)
     assert not torch.equal(conv.quantized_bias(), conv.bias)
+
+
+def test_a_forward_that_depends_on_train_mode_is_left_as_it_is():
+    class Dropping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return nn.functional.dropout(self.conv(x), 0.5, training=self.training) + x
+
+    model = nn.Sequential(Dropping(), nn.Flatten(), nn.Linear(3 * 64, 2))
+    with pytest.warns(UserWarning, match="depends on train/eval mode"):
+        rewritten, names = functional_ops_to_modules(model)
+    assert names == [] and not isinstance(rewritten[0], torch.fx.GraphModule)
+
+
+def test_a_narrow_reader_does_not_move_a_tracked_range_twice():
+    student = quantize_model(randomize_bn(Net()), QuantConfig(w_bits=4, a_bits=4))
+    calibrate(student, [torch.randn(8, 3, 8, 8)])
+    wide = student.blocks[1].add0.second_input_quantizer
+    calls = []
+    original = wide._track
+    wide._track = lambda x: (calls.append(1), original(x))[1]
+    for q in (wide, student.blocks[1].conv1.input_quantizer):
+        q.track_momentum = 0.1
+    student.train()(torch.randn(8, 3, 8, 8))
+    assert len(calls) == 1
