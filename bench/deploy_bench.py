@@ -12,7 +12,9 @@ For each model:
   fake-quant   the PyTorch fake-quantized student that gznq's pipeline makes (not a deployment format)
 
 Latency: the median of --repeats timed runs after one warm-up, at batch 1 and --batch, with --threads
-threads (default: all cores), onnxruntime at its full graph optimization. The students are calibrated on 256
+threads (default: all cores), onnxruntime at its full graph optimization: each variant in turn gets a fresh
+session (no other session's threads alive), 3 untimed runs and --repeats timed ones, in two passes, the second
+in reverse order, so that drift of the machine's speed falls on all variants alike. The students are calibrated on 256
 real training images for `cifar10_resnet20` (published weights), and on 32 random images for models at 224
 (random weights: speed and size do not depend on them). Each int8 file's integer kernels are counted in
 onnxruntime's optimized graph. Rows go to OUT/results.json and OUT/results.md.
@@ -54,15 +56,29 @@ def _calibration(name: str, spec, count: int):
     return [torch.randn(8, spec.channels, spec.image_size, spec.image_size, generator=gen) for _ in range(4)]
 
 
-def _time(fn, x, repeats: int) -> float:
-    """Median milliseconds of fn(x) over `repeats` runs after one warm-up."""
-    fn(x)
+def _timed(make_runner, x, repeats: int, warmup: int = 3) -> list[float]:
+    """Seconds of `repeats` runs on `x` of a runner made just before (and dropped after), after `warmup`
+    untimed runs: no other session's threads are alive while it is timed."""
+    run = make_runner()
+    for _ in range(warmup):
+        run(x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn(x)
+        run(x)
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    del run
+    return times
+
+
+def _median_ms(makers: dict, x, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each runner over two passes, the second in reverse order, so that drift of the
+    machine's speed falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    for order in (list(makers), list(reversed(makers))):
+        for name in order:
+            times[name] += _timed(makers[name], x, repeats)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def _ort_runner(path: Path, threads: int):
@@ -115,24 +131,24 @@ def bench_model(name: str, *, threads: int, batch: int, repeats: int, work: Path
     torch.set_num_threads(threads)
     shape = (spec.channels, spec.image_size, spec.image_size)
     inputs = {b: np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32) for b in (1, batch)}
+    makers = {variant: (lambda path=path: _ort_runner(path, threads)) for variant, path in files.items()}
+    makers["fake-quant"] = lambda: (lambda x: student(torch.from_numpy(x)))
     rows = []
-    for variant, path in files.items():
-        run = _ort_runner(path, threads)
-        row = {"model": name, "variant": variant, "weights": "published" if pretrained else "random",
-               "size_mb": path.stat().st_size / 1e6}
-        for b, x in inputs.items():
-            row[f"ms_b{b}"] = _time(run, x, repeats)
-        if variant != "fp32":
-            report = integer_kernels(path)
+    for variant in makers:
+        row = {"model": name, "variant": variant, "weights": "published" if pretrained else "random"}
+        if variant in files:
+            row["size_mb"] = files[variant].stat().st_size / 1e6
+        if variant not in ("fp32", "fake-quant"):
+            report = integer_kernels(files[variant])
             row["integer_kernels"] = report.integer_layers
             row["float_layers"] = len(report.float_layers)
             row["integer_ops"] = sum(report.integer_ops.values())
         rows.append(row)
     with torch.no_grad():
-        row = {"model": name, "variant": "fake-quant", "weights": rows[0]["weights"]}
         for b, x in inputs.items():
-            row[f"ms_b{b}"] = _time(student, torch.from_numpy(x), repeats)
-        rows.append(row)
+            times = _median_ms(makers, x, repeats)
+            for row in rows:
+                row[f"ms_b{b}"] = times[row["variant"]]
     fp32 = rows[0]
     for row in rows:
         for b in (1, batch):
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every runtime")
     parser.add_argument("--batch", type=int, default=64, help="the larger batch timed (besides 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per pass (median of two passes' runs)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -81,9 +81,12 @@ class _Writer:
     def int4(self, base: str, array: np.ndarray) -> str:
         """An INT4 initializer (two values a byte) of integers in [-8, 7]."""
         name = self.name(base)
-        helper = self.onnx.helper
-        self.initializers.append(helper.make_tensor(name, self.onnx.TensorProto.INT4, array.shape,
-                                                    array.astype(np.int8).flatten().tolist()))
+        nibbles = (np.asarray(array).astype(np.int8).ravel() & 0x0F).astype(np.uint8)
+        if len(nibbles) % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        packed = (nibbles[0::2] | (nibbles[1::2] << 4)).astype(np.uint8)  # first value in the low nibble
+        self.initializers.append(self.onnx.helper.make_tensor(name, self.onnx.TensorProto.INT4, array.shape,
+                                                              packed.tobytes(), raw=True))
         return name
 
     def node(self, op: str, inputs: list[str], base: str, **attrs) -> str:
@@ -307,8 +310,18 @@ def build_onnx(student: nn.Module, spec: InputSpec, *, metadata: dict | None = N
         if source is node or path_values[node] == dequantized[source]:  # nothing, or only identities, between
             value = dequantized[source]
         else:  # ops between the source and here kept the grid; onnxruntime needs the pair again to see integers
-            value = _quantize_dequantize(w, path_values[node], held_by, f"{base}_in")
-        return value if q.source is None else _quantize_dequantize(w, value, q, f"{base}_requant")
+            value = requantized(path_values[node], held_by, f"{node.name}_q")
+        return value if q.source is None else requantized(value, q, f"{base}_requant")
+
+    pairs: dict[tuple[str, int], str] = {}
+
+    def requantized(tensor: str, q: TensorQuantizer, base: str) -> str:
+        """One QuantizeLinear/DequantizeLinear pair per tensor and quantizer, shared by all its readers (a
+        second pair on the same tensor would keep onnxruntime from fusing the op that makes it)."""
+        key = (tensor, id(q))
+        if key not in pairs:
+            pairs[key] = _quantize_dequantize(w, tensor, q, base)
+        return pairs[key]
 
     def float_reader(node) -> str:
         return values[node]
