@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                "command": "python -m bench.deploy_bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
                "rows": rows}
     write_json_atomic(out / "results.json", payload)
-    (out / "results.md").write_text(f"{payload['machine']}, {args.threads} threads, median of {args.repeats}\n\n"
+    (out / "results.md").write_text(f"{payload['machine']}, {args.threads} threads, median of 2 x {args.repeats} runs\n\n"
                                     + markdown_table(rows, _columns(args.batch)) + "\n")
     print(json.dumps({"written": str(out / "results.json")}))
     return 0
