@@ -9,9 +9,9 @@ For each model:
   gznq-w4a4    our W4A4 `deploy` student, 4-bit values on the 8-bit grid (same kernels as int8)
   gznq-w4a4-int4  the same student with its 4-bit weights packed as int4 (`--pack-int4`): the smallest file,
                but onnxruntime runs those convolutions in float
-  fake-quant   the PyTorch fake-quantized student that gznq's pipeline makes (not a deployment format)
+  fake-quant   the PyTorch fake-quantized W8A8 student that gznq's pipeline makes (not a deployment format)
 
-Latency: the median of --repeats timed runs after one warm-up, at batch 1 and --batch, with --threads
+Latency: the median of 2 x --repeats timed runs, at batch 1 and --batch, with --threads
 threads (default: all cores), onnxruntime at its full graph optimization: each variant in turn gets a fresh
 session (no other session's threads alive), 3 untimed runs and --repeats timed ones, in two passes, the second
 in reverse order, so that drift of the machine's speed falls on all variants alike. The students are calibrated on 256
@@ -71,14 +71,14 @@ def _timed(make_runner, x, repeats: int, warmup: int = 3) -> list[float]:
     return times
 
 
-def _median_ms(makers: dict, x, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each runner over two passes, the second in reverse order, so that drift of the
-    machine's speed falls on all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in makers}
+def _median_ms(makers: dict, x, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """(median, median of the first pass, median of the second) milliseconds of each runner over two passes,
+    the second in reverse order, so that drift of the machine's speed falls on all of them alike."""
+    passes: dict[str, list[list[float]]] = {name: [] for name in makers}
     for order in (list(makers), list(reversed(makers))):
         for name in order:
-            times[name] += _timed(makers[name], x, repeats)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+            passes[name].append(_timed(makers[name], x, repeats))
+    return {name: tuple(1000 * statistics.median(t) for t in (p[0] + p[1], p[0], p[1])) for name, p in passes.items()}
 
 
 def _ort_runner(path: Path, threads: int):
@@ -148,7 +148,7 @@ def bench_model(name: str, *, threads: int, batch: int, repeats: int, work: Path
         for b, x in inputs.items():
             times = _median_ms(makers, x, repeats)
             for row in rows:
-                row[f"ms_b{b}"] = times[row["variant"]]
+                row[f"ms_b{b}"], row[f"ms_b{b}_pass1"], row[f"ms_b{b}_pass2"] = times[row["variant"]]
     fp32 = rows[0]
     for row in rows:
         for b in (1, batch):
@@ -168,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             rows += bench_model(name, threads=args.threads, batch=args.batch, repeats=args.repeats, work=Path(tmp))
             print(markdown_table([r for r in rows if r["model"] == name], _columns(args.batch)), flush=True)
-    payload = {"machine": machine(), "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
+    import onnxruntime
+
+    payload = {"machine": machine(), "onnxruntime": onnxruntime.__version__, "started": started,
+               "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
                "command": "python -m bench.deploy_bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
                "rows": rows}
     write_json_atomic(out / "results.json", payload)

@@ -39,10 +39,9 @@ def _onnx():
 
 
 def session(path: str | os.PathLike, *, threads: int | None = None, optimized_path: str | os.PathLike | None = None,
-            level: str = "all", spinning: bool = True):
+            level: str = "all"):
     """An onnxruntime CPU session of `path` (graph optimizations at `level`: "basic", "extended" or "all"),
-    writing its optimized graph to `optimized_path` when given. `spinning=False` keeps its idle threads from
-    busy-waiting (onnxruntime's default spins), which matters when other sessions run in between."""
+    writing its optimized graph to `optimized_path` when given."""
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -50,8 +49,6 @@ def session(path: str | os.PathLike, *, threads: int | None = None, optimized_pa
                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
     if threads:
         options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     try:

@@ -31,7 +31,7 @@ from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
 from dfq.modes import restored
 from dfq.quant.graph import passes_quantization, quantized_operands, source_of, trace
-from dfq.quant.modules import QuantConv2d, QuantLinear
+from dfq.quant.modules import QuantConv2d, QuantLinear, bias_codes
 from dfq.quant.ops import QuantAdaptiveAvgPool2d, QuantAdd, QuantAvgPool2d
 from dfq.quant.primitives import quantize
 from dfq.quant.quantizer import TensorQuantizer
@@ -153,7 +153,7 @@ def _bias(w: _Writer, layer: nn.Module, name: str) -> list[str]:
     if scale is None:
         return [w.const(f"{name}_bias", layer.bias.detach().float().cpu().numpy())]
     scale = scale.float().cpu()
-    ints = torch.round(layer.bias.detach().float().cpu() / scale).clamp(-(2**31), 2**31 - 1)
+    ints = bias_codes(layer.bias.detach().cpu(), scale)
     return [w.node("DequantizeLinear", [w.const(f"{name}_bias_int", ints.numpy().astype(np.int32)),
                                         w.const(f"{name}_bias_scale", scale.numpy().astype(np.float32)),
                                         w.const(f"{name}_bias_zero_point", np.zeros(len(scale), np.int32))],

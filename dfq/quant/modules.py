@@ -32,6 +32,16 @@ class LayerQuantSpec:
     quantize_bias: bool = False
 
 
+BIAS_LIMIT = 2**30  # int32 codes, with room left for the accumulator they are added to
+
+
+def bias_codes(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int32 codes (as int64) of a bias on the grid `scale`, rounded in float64 and saturated at +-2^30: a
+    channel with (almost) zero weights has a tiny scale, and a code near 2^31 would overflow the runtime's
+    int32 accumulator (2^30 leaves room for any sum of 8-bit products a layer of under 16,000 inputs makes)."""
+    return torch.round(bias.double() / scale.double()).clamp(-BIAS_LIMIT, BIAS_LIMIT).long()
+
+
 class _QuantMixin:
     """Shared by the quantized layers: quantizer construction and the quantized operands."""
 
@@ -81,7 +91,7 @@ class _QuantMixin:
         scale = self.bias_scale()
         if scale is None:
             return self.bias
-        rounded = torch.round(self.bias.detach() / scale).clamp(-(2**31), 2**31 - 1) * scale
+        rounded = bias_codes(self.bias.detach(), scale).to(self.bias.dtype) * scale
         return self.bias + (rounded - self.bias).detach()
 
     def _finish_from_float(self, float_module: nn.Module) -> None:

@@ -124,8 +124,9 @@ def run_onnx_report(args: argparse.Namespace) -> dict:
     payload = {"onnx": args.onnx, "checkpoint": args.checkpoint, "data": str(args.data), "split": args.split,
                "limit": args.limit, **result.to_dict()}
     if student is not None:  # evaluate's "teacher" here is the student the file was exported from
-        payload = {**payload, "student_top1": payload.pop("teacher_top1"), "student_top5": payload.pop("teacher_top5"),
-                   "top1_minus_student": -payload.pop("drop")}
+        student_top1, student_top5 = payload.pop("teacher_top1"), payload.pop("teacher_top5")
+        payload["top1_minus_student"] = -payload.pop("drop")
+        payload.update(student_top1=student_top1, student_top5=student_top5)
     columns = [("onnx", "onnx"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
     if student is not None:
         columns += [("student_top1", "student %"), ("agreement", "agree %")]

@@ -34,6 +34,7 @@ def test_export_then_evaluate_in_onnxruntime(w4_student, cifar_test_dir, tmp_pat
     assert code == 0, capsys.readouterr().err
     result = json.loads(result_file.read_text())
     assert result["num_images"] == 300
+    assert "teacher_top1" not in result and "drop" not in result  # the reference here is the student
     assert result["agreement"] >= 99.0 and abs(result["top1_minus_student"]) <= 0.4
     assert 40 <= result["top1"] <= 90  # a W4A4 ResNet-20 calibrated on 128 images, on the JPEG test images
 

@@ -175,3 +175,45 @@ def test_additions_with_arguments_it_cannot_write_are_refused(tmp_path):
 
     with pytest.raises(ExportError, match="alpha"):
         export_onnx(_student(Alpha(), 8), SPEC, tmp_path / "m.onnx")
+
+
+class PoolFanOut(nn.Module):
+    """A max-pooled tensor read by a convolution and by an addition (ResNet-18's stem)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, 1))
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(torch.relu(self.conv(x) + x), 1), 1))
+
+
+def test_a_pooled_tensor_read_twice_gets_one_quantize_pair(tmp_path):
+    import onnx
+
+    student = _student(PoolFanOut(), 8)
+    path = export_onnx(student, SPEC, tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    pool = next(n for n in graph.node if n.op_type == "MaxPool")
+    readers = [n.op_type for n in graph.node if pool.output[0] in n.input]
+    assert readers == ["QuantizeLinear"]  # one pair for both readers, so onnxruntime runs the pool in int8
+    _assert_same(path, student, 3 * torch.randn(16, 3, 8, 8))
+    report = integer_kernels(path)
+    assert report.all_integer() and report.integer_ops["QLinearAdd"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="open: with a dead channel whose bias saturates, the file differs from the "
+                   "student by about 2% of the output, even with onnxruntime's optimizations off; not understood")
+def test_a_bias_that_saturates_int32_is_saturated_alike(tmp_path):
+    model = randomize_bn(ResidualNet())
+    with torch.no_grad():
+        model.stem[0].weight[0].zero_()  # a dead channel: weight scale at its floor, bias / scale beyond int32
+        model.stem[1].bias[0] = 50.0
+    student = quantize_model(model, QuantConfig(w_bits=8, a_bits=8))
+    calibrate(student, [torch.randn(32, 3, 8, 8)])
+    conv = student.eval().stem[0]
+    assert (conv.bias.detach().double() / conv.bias_scale().double()).abs().max() > 2**31
+    _assert_same(export_onnx(student, SPEC, tmp_path / "m.onnx"), student, torch.randn(16, 3, 8, 8))
