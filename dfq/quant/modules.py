@@ -92,7 +92,7 @@ class _QuantMixin:
         if scale is None:
             return self.bias
         rounded = bias_codes(self.bias.detach(), scale).to(self.bias.dtype) * scale
-        return self.bias + (rounded - self.bias).detach()
+        return rounded + (self.bias - self.bias.detach())  # exactly `rounded`, with the bias's gradient
 
     def _finish_from_float(self, float_module: nn.Module) -> None:
         with torch.no_grad():
