@@ -132,13 +132,14 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(out)
 
 
-def input_spec(path: str | os.PathLike) -> InputSpec:
-    """The input spec an exported model records (`export_onnx` writes it).
+def input_spec(path: str | os.PathLike, metadata: dict | None = None) -> InputSpec:
+    """The input spec an exported model records (`export_onnx` writes it); pass its `read_metadata` when it
+    has been read already.
 
     Raises:
         ValueError: the file records none (not written by gznq).
     """
-    spec = read_metadata(path).get("input_spec")
+    spec = (read_metadata(path) if metadata is None else metadata).get("input_spec")
     if not isinstance(spec, dict):
         raise ValueError(f"{path} records no input spec; export it with `train.py export`")
     return InputSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"])})

@@ -136,6 +136,10 @@ class TensorQuantizer(nn.Module):
             return x
         if not self._ready:
             raise RuntimeError("TensorQuantizer used before its range was set: run dfq.calibrate(model, batches)")
+        return self._fake_quantize(x)
+
+    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize with the stored range (LSQ's step gradient when the scale trains)."""
         fq = lsq_fake_quantize if self.scale.requires_grad and self.training else fake_quantize
         return fq(x, self.scale, self.zero_point, self._qmin, self._qmax, self.spec.axis)
 
@@ -156,8 +160,7 @@ class TensorQuantizer(nn.Module):
                 "TensorQuantizer used before its range was set: run dfq.calibrate(model, batches) "
                 "(or load a calibrated checkpoint) before evaluating a quantized model"
             )
-        fq = lsq_fake_quantize if self.scale.requires_grad and self.training else fake_quantize
-        return fq(x, self.scale, self.zero_point, self._qmin, self._qmax, self.spec.axis)
+        return self._fake_quantize(x)
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:

@@ -113,9 +113,10 @@ def run_onnx_report(args: argparse.Namespace) -> dict:
     if args.checkpoint and not is_student_dir(args.checkpoint):
         raise ValueError(f"with --onnx, --checkpoint must be the student directory it was exported from; "
                          f"{args.checkpoint!r} is not one")
-    model, spec = OnnxModule(args.onnx, threads=args.threads), input_spec(args.onnx)
+    model, metadata = OnnxModule(args.onnx, threads=args.threads), read_metadata(args.onnx)
+    spec = input_spec(args.onnx, metadata)
     student = load_student(args.checkpoint)[0] if args.checkpoint else None
-    recorded = read_metadata(args.onnx).get("student")
+    recorded = metadata.get("student")
     if student is not None and recorded and os.path.realpath(recorded) != os.path.realpath(args.checkpoint):
         print(f"note: {args.onnx} was exported from {recorded}, not {args.checkpoint}", file=sys.stderr)
     loader = build_eval_loader(args.data, spec, batch_size=args.batch_size, limit=args.limit, split=args.split,

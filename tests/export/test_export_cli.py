@@ -65,6 +65,17 @@ def test_bad_export_requests_are_refused(w4_student, weights_dir, cifar_train_di
     assert not (tmp_path / "p.onnx").exists() and not (tmp_path / "p.onnx.partial").exists()
     assert eval_main(["--onnx", str(tmp_path / "missing.onnx"), "--data", str(tmp_path)]) == 2
     assert "is not a file" in capsys.readouterr().err
+    assert eval_main(["--onnx", str(tmp_path / "m.onnx"), "--generator", str(tmp_path), "--model",
+                      "cifar10_resnet20"]) == 2
+    assert "not both" in capsys.readouterr().err
+    # int4-packed layers run in float: refused without --allow-float, and nothing is left behind
+    packed = tmp_path / "packed.onnx"
+    assert train_main(["export", "--checkpoint", str(w4_student), "--out", str(packed), "--pack-int4"]) == 2
+    assert "leave out --pack-int4" in capsys.readouterr().err
+    assert not packed.exists() and not packed.with_name("packed.onnx.partial").exists()
+    assert train_main(["export", "--checkpoint", str(w4_student), "--out", str(packed), "--pack-int4",
+                       "--allow-float"]) == 0
+    assert "in float: 18" in capsys.readouterr().out and packed.is_file()
 
 
 def test_unloadable_files_and_old_students_are_refused_with_the_fix(w4_student, cifar_test_dir, tmp_path, capsys):
