@@ -4,6 +4,7 @@ resuming. A generator belongs to one teacher: loading it for another is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -81,6 +82,26 @@ def check_teacher(meta: dict, *, teacher_name: str | None = None, teacher: nn.Mo
             f"generator {str(path)!r} was trained for {meta['teacher']!r} with different weights (the BatchNorm "
             "statistics differ); pass the same teacher checkpoint it was trained with, or train a new generator."
         )
+
+
+SPEC_FIELDS = ("image_size", "channels", "mean", "std", "num_classes")
+
+
+def check_generator_spec(meta: dict, spec, *, path="") -> None:
+    """Refuse a generator trained for another input (size, channels, normalization, classes) than `spec`'s: its
+    images would be made for a teacher fed differently."""
+    recorded = meta.get("input_spec") or {}
+    given = dataclasses.asdict(spec)
+    differ = [f"{k} {recorded.get(k)} (generator) vs {given[k]}" for k in SPEC_FIELDS
+              if k in recorded and _plain(recorded[k]) != _plain(given[k])]
+    if differ:
+        raise ValueError(f"generator {str(path)!r} was trained for another input than the teacher's: "
+                         f"{'; '.join(differ)}. Give the teacher the spec the generator was trained with "
+                         "(--mean/--std/--image-size/--num-classes), or train a generator for this one.")
+
+
+def _plain(value):
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def load_generator(path: str | os.PathLike, *, teacher_name: str | None = None, teacher: nn.Module | None = None,

@@ -24,14 +24,14 @@ from torch import nn
 from dfq.data import SPLITS, build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.io import write_json_atomic
-from dfq.models import Teacher, create_teacher
+from dfq.models import SpecOverrides, Teacher, create_teacher, is_known_teacher
 from dfq.quant import QuantConfig, load_student, quantize_model, save_student, summarize
 from dfq.quant.calibrate import calibrate
 from dfq.quant.recon_defaults import recon_defaults
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
 from generators.augment import with_jittered_copies
-from generators.checkpoint import load_generator
+from generators.checkpoint import check_generator_spec, load_generator, read_generator_meta
 from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import Distiller, DistillConfig
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
@@ -52,7 +52,10 @@ def _mse_quant() -> QuantConfig:
 class PipelineConfig:
     """One data-free quantization run.
 
-    model, checkpoint, trust_checkpoint: the teacher (see `dfq.create_teacher`). source: where calibration
+    model, checkpoint, trust_checkpoint, spec_overrides: the teacher (see `dfq.create_teacher`); overrides left
+    empty with a generator source are read from the generator, which records the spec it was trained for. To
+    quantize a model of one's own, pass it to `run_pipeline(config, teacher=Teacher(model, spec))` and name it
+    in `model` (any label; `load_student(dir, model=...)` loads the result). source: where calibration
     images come from, `real:DIR`, `generator:DIR`, `pixels:DIR` or `noise` (`gznq.sources`). quant: how the
     student is quantized (the default: W8A8 `deploy` with MSE observers for weights and activations).
     methods: the chain after calibration, which always runs first: "reconstruct" and/or "distill".
@@ -78,6 +81,7 @@ class PipelineConfig:
     model: str = "cifar10_resnet20"
     checkpoint: str | None = None
     trust_checkpoint: bool = False
+    spec_overrides: SpecOverrides = SpecOverrides()
     quant: QuantConfig = field(default_factory=_mse_quant)
     methods: tuple[str, ...] = ("calibrate",)
     calib_images: int = 2048
@@ -178,9 +182,18 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     if c.out is not None:
         check_output(c.out, STUDENT_DIR, overwrite=c.overwrite, resume=c.resume)
     device = c.device or default_device()
+    generator_meta = read_generator_meta(source.path) if source.kind == "generator" else None
     if teacher is None:
-        teacher = create_teacher(c.model, checkpoint=c.checkpoint, trust_checkpoint=c.trust_checkpoint)
+        overrides = c.spec_overrides
+        if overrides.is_empty() and generator_meta is not None:
+            overrides = SpecOverrides.from_dict(generator_meta.get("input_spec"))
+        teacher = create_teacher(c.model, checkpoint=c.checkpoint, trust_checkpoint=c.trust_checkpoint,
+                                 overrides=overrides)
+    elif not c.spec_overrides.is_empty():
+        raise ValueError("spec_overrides describe a teacher built by name; a teacher passed in carries its own spec")
     model, spec = teacher
+    if generator_meta is not None:
+        check_generator_spec(generator_meta, spec, path=source.path)
     model.to(device)
     eval_loader = None
     if c.eval_data is not None:  # built now, so that a bad folder fails before the work
@@ -196,7 +209,8 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
             torch.manual_seed(c.seed)
             student, report = _run(c, source, model, spec, options, work)
         if eval_loader is not None:  # the student as saved, so that re-evaluating it gives these figures
-            evaluated = load_student(work, device=device)[0] if work is not None else student
+            evaluated = load_student(work, device=device, model=None if is_known_teacher(c.model) else model)[0] \
+                if work is not None else student
             result = evaluate(evaluated, eval_loader, teacher=model, progress=c.progress, desc="student+teacher")
             evaluation = result.to_dict()
             evaluation["eval_seconds"] = evaluation.pop("seconds")  # "seconds" stays the quantization's time
@@ -250,7 +264,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
             distiller.load_state_dict(state)
 
         def save(directory: Path) -> None:
-            save_student(student, directory, config=c.quant, teacher=c.model,
+            save_student(student, directory, config=c.quant, teacher=c.model, spec=spec,
                          metadata={**metadata, "distill_step": distiller.step_index})
 
         run_distill_stage(distiller, work, save=save, extra_state={"run": {"metadata": metadata, "records": records, "config": _run_defining(c)}},
@@ -259,7 +273,7 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     seconds = time.perf_counter() - start
     metadata = {**metadata, "seconds": seconds}
     if work is not None:
-        save_student(student, work, config=c.quant, teacher=c.model, metadata=metadata)
+        save_student(student, work, config=c.quant, teacher=c.model, spec=spec, metadata=metadata)
     summary = summarize(student)
     report = {"teacher": c.model, **metadata, "quant_config": c.quant.to_dict(),
               "compression_ratio": summary.compression_ratio, "pipeline_config": c.to_dict(), **records}

@@ -153,7 +153,7 @@ def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: In
     Returns:
         (batches, seconds of making, whether the set came from the cache).
     """
-    key = repr((teacher_name, teacher_fingerprint(teacher), str(source), num_images, batch_size, seed, refine))
+    key = repr((teacher_name, teacher_fingerprint(teacher), spec, str(source), num_images, batch_size, seed, refine))
     file = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None
     if file is not None and file.is_file():
         saved = torch.load(file, map_location="cpu", weights_only=True)

@@ -31,6 +31,7 @@ from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
 from dfq.modes import restored
 from dfq.quant.graph import passes_quantization, quantized_operands, source_of, trace
+from dfq.quant.matching import plain_forward
 from dfq.quant.modules import QuantConv2d, QuantLinear, bias_codes
 from dfq.quant.ops import QuantAdaptiveAvgPool2d, QuantAdd, QuantAvgPool2d
 from dfq.quant.primitives import quantize
@@ -379,6 +380,10 @@ def build_onnx(student: nn.Module, spec: InputSpec, *, metadata: dict | None = N
 
 def _module(w, module, node, name, read, operand, q_out) -> str:
     if isinstance(module, (QuantConv2d, QuantLinear, nn.Conv2d, nn.Linear)):
+        if not plain_forward(module):
+            raise ExportError(f"{node.target}: a {type(module).__name__} is not a plain convolution/linear layer "
+                              "(its own forward, e.g. input-dependent \"same\" padding); the exporter writes "
+                              "only plain ones")
         q = getattr(module, "input_quantizer", None)
         x = operand(node.args[0], q, name) if q is not None else read(node.args[0])
         build = _conv if isinstance(module, nn.Conv2d) else _linear

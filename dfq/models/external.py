@@ -7,7 +7,7 @@ import math
 
 from torch import nn
 
-from dfq.models.registry import Teacher
+from dfq.models.registry import Teacher, published_classes_error
 from dfq.models.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from dfq.models.weights import load_state_dict_checked, read_state_dict, resolve_weights
 
@@ -31,7 +31,8 @@ def _load_local(model: nn.Module, checkpoint, trust: bool) -> None:
     load_state_dict_checked(model, read_state_dict(path, trust=trust), source=str(path))
 
 
-def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False) -> Teacher:
+def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False,
+                       num_classes: int | None = None) -> Teacher:
     """A torchvision classifier; pretrained weights come from torchvision's own DEFAULT weights."""
     from torchvision import models
 
@@ -39,8 +40,12 @@ def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True, t
     if name not in known:
         raise _unknown("torchvision", name, known)
     weights = models.get_model_weights(name).DEFAULT
+    published = len(weights.meta["categories"])
+    num_classes = num_classes or published
+    if pretrained and checkpoint is None and num_classes != published:
+        raise published_classes_error(f"tv:{name}", published, num_classes)
     if checkpoint is not None or not pretrained:
-        model = models.get_model(name, weights=None)
+        model = models.get_model(name, weights=None, num_classes=num_classes)
         if checkpoint is not None:
             _load_local(model, checkpoint, trust_checkpoint)
     else:
@@ -54,14 +59,15 @@ def create_torchvision(name: str, *, checkpoint=None, pretrained: bool = True, t
         channels=3,
         mean=tuple(t.mean),
         std=tuple(t.std),
-        num_classes=len(weights.meta["categories"]),
+        num_classes=num_classes,
         resize_size=t.resize_size[0],
         interpolation=t.interpolation.value,
     )
     return Teacher(model.eval(), spec)
 
 
-def create_timm(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False) -> Teacher:
+def create_timm(name: str, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False,
+                num_classes: int | None = None) -> Teacher:
     """A timm model; pretrained weights come from timm's own mechanism (Hugging Face hub and its cache)."""
     import timm
     from timm.data import resolve_data_config
@@ -69,8 +75,14 @@ def create_timm(name: str, *, checkpoint=None, pretrained: bool = True, trust_ch
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models())
     use_hub = pretrained and checkpoint is None
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    if use_hub and num_classes is not None:
+        cfg = timm.models.get_pretrained_cfg(name)
+        published = cfg.num_classes if cfg is not None else num_classes
+        if published != num_classes:  # timm would give the published body a new, untrained classifier
+            raise published_classes_error(f"timm:{name}", published, num_classes)
     try:
-        model = timm.create_model(name, pretrained=use_hub)
+        model = timm.create_model(name, pretrained=use_hub, **extra)
     except Exception as exc:
         if not use_hub:
             raise

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from dfq.models.spec import InputSpec
+from dfq.models.spec import InputSpec, SpecOverrides
 
 TeacherBuilder = Callable[..., "Teacher"]
 _REGISTRY: dict[str, TeacherBuilder] = {}
@@ -23,7 +23,8 @@ class Teacher(NamedTuple):
 
 
 def register_teacher(name: str) -> Callable[[TeacherBuilder], TeacherBuilder]:
-    """Register a builder `fn(*, checkpoint, pretrained, trust_checkpoint) -> Teacher` under `name`."""
+    """Register a builder `fn(*, checkpoint, pretrained, trust_checkpoint, num_classes) -> Teacher` under `name`
+    (`num_classes` None: the model's own)."""
 
     def wrap(fn: TeacherBuilder) -> TeacherBuilder:
         if name in _REGISTRY:
@@ -43,30 +44,40 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def is_known_teacher(name: str) -> bool:
+    """Whether `create_teacher` can build `name` (a registered name, or any `tv:` / `timm:` name)."""
+    return name in _REGISTRY or name.startswith(("tv:", "timm:"))
+
+
 def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pretrained: bool = True,
-                   trust_checkpoint: bool = False) -> Teacher:
+                   trust_checkpoint: bool = False, overrides: SpecOverrides | None = None) -> Teacher:
     """Build a teacher by name, load its weights and put it in eval mode.
 
     Args:
         name: a registered name (see `list_teachers()`), `tv:<torchvision model>` or `timm:<timm model>`.
-        checkpoint: a local weights file; takes precedence over every other source.
+        checkpoint: a local weights file; takes precedence over every other source. A state dict, or a dict
+            holding one (`dfq.models.weights.read_state_dict`), as a PyTorch or safetensors file.
         pretrained: load published weights; False gives a randomly initialised model (tests, shapes).
         trust_checkpoint: allow a checkpoint that needs full unpickling (which can run code from the file).
+        overrides: the input normalization, image size or number of classes the weights were trained with,
+            where they differ from the model's defaults (`SpecOverrides`).
 
     Raises:
-        ValueError: unknown name; a checkpoint that does not fit the model; a model without BatchNorm.
+        ValueError: unknown name; a checkpoint that does not fit the model; a model without BatchNorm;
+            another number of classes with published weights (which have their own).
         FileNotFoundError / RuntimeError: weights that cannot be found or downloaded.
     """
     from dfq.models import external  # lazy: importing timm costs seconds
 
+    overrides = overrides or SpecOverrides()
+    kwargs = dict(checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
+                  num_classes=overrides.num_classes)
     if name.startswith("tv:"):
-        teacher = external.create_torchvision(name[3:], checkpoint=checkpoint, pretrained=pretrained,
-                                              trust_checkpoint=trust_checkpoint)
+        teacher = external.create_torchvision(name[3:], **kwargs)
     elif name.startswith("timm:"):
-        teacher = external.create_timm(name[5:], checkpoint=checkpoint, pretrained=pretrained,
-                                       trust_checkpoint=trust_checkpoint)
+        teacher = external.create_timm(name[5:], **kwargs)
     elif name in _REGISTRY:
-        teacher = _REGISTRY[name](checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust_checkpoint)
+        teacher = _REGISTRY[name](**kwargs)
     else:
         close = difflib.get_close_matches(name, list_teachers(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -80,5 +91,13 @@ def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pr
             "reproduce the running mean and variance stored in a teacher's BatchNorm layers; a model without "
             "them gives the generator nothing to match. Use a model with BatchNorm (ResNet, MobileNet, ...)."
         )
-    teacher.model.eval()
+    teacher = Teacher(teacher.model.eval(), overrides.apply(teacher.spec))
     return teacher
+
+
+def published_classes_error(name: str, published: int, asked: int) -> ValueError:
+    """The error for a class count other than the published weights' without a checkpoint of one's own."""
+    return ValueError(
+        f"{name}'s published weights have {published} classes, not {asked}: give the weights trained with "
+        f"{asked} classes with --checkpoint FILE (checkpoint=... in Python), or leave --num-classes out"
+    )

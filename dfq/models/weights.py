@@ -96,39 +96,107 @@ def resolve_weights(weight: WeightFile | None, *, checkpoint: str | os.PathLike 
     )
 
 
-def read_state_dict(path: str | os.PathLike, *, trust: bool = False) -> dict[str, torch.Tensor]:
-    """Read a state dict from a checkpoint file: a raw state dict, or a dict holding one under
-    `state_dict` or `model`; a DataParallel `module.` prefix is stripped.
+# Where training code commonly keeps the weights inside a checkpoint dict, in the order they are looked for.
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net", "state_dict_ema", "model_ema", "ema")
+# Prefixes wrappers add to every key: DataParallel/DDP (`module.`), torch.compile (`_orig_mod.`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-    The file is unpickled with `weights_only=True`, which runs no code from it. A checkpoint that also
-    pickled Python objects (an `argparse.Namespace` of training options, as many research repositories save)
-    needs full unpickling, which can run arbitrary code: it is refused unless `trust` is set.
 
-    Raises:
-        ValueError: the file is not a PyTorch checkpoint, holds no state dict, or needs `trust`.
-    """
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: by its suffix, or by its header (8-byte length, then a JSON object)."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _torch_load(path: Path, trust: bool):
+    import argparse
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        # argparse.Namespace (the training options many research repositories save beside the weights) only
+        # sets attributes when unpickled, so it is allowed without --trust-checkpoint
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         # torch names the refused object "Unsupported global" (2.4 and later) or "Unsupported class" (earlier);
         # anything else means a damaged file or no pickle at all
         if "unsupported global" not in str(exc).lower() and "unsupported class" not in str(exc).lower():
             raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint (UnpicklingError: {exc})") from None
         raise ValueError(
-            f"{str(path)!r} holds pickled Python objects besides its tensors (for example the training options), "
-            "and loading those can run code from the file. If you trust the file, pass --trust-checkpoint "
-            "(trust_checkpoint=True in Python); better, re-save just its state dict with torch.save(sd, path)."
+            f"{str(path)!r} holds pickled Python objects besides its tensors (for example a whole model or the "
+            "optimizer's classes), and loading those can run code from the file. If you trust the file, pass "
+            "--trust-checkpoint (trust_checkpoint=True in Python); better, re-save just its state dict with "
+            "torch.save(sd, path)."
         ) from None
     except Exception as exc:
         raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
+
+
+def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def read_state_dict(path: str | os.PathLike, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from a checkpoint file.
+
+    Formats: a safetensors file; a PyTorch file holding a state dict, or a dict holding one under a common key
+    (the first of STATE_DICT_KEYS present, e.g. `state_dict`, `model`, `net`, `ema`), or a whole pickled
+    model (with `trust` only). `module.` (DataParallel, DDP) and `_orig_mod.` (torch.compile) prefixes
+    shared by every key are stripped.
+
+    PyTorch files are unpickled with `weights_only=True`, which runs no code from the file; training options
+    saved as an `argparse.Namespace` are allowed. A checkpoint that pickled other Python objects needs full
+    unpickling, which can run arbitrary code: it is refused unless `trust` is set.
+
+    Raises:
+        ValueError: the file is not a checkpoint, holds no state dict, or needs `trust`.
+    """
+    path = Path(path)
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    else:
+        obj = _torch_load(path, trust)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in STATE_DICT_KEYS:
+            value = obj.get(key)
+            if isinstance(value, nn.Module):
+                value = value.state_dict()
+            if isinstance(value, Mapping) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                obj = value
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} holds no state dict of tensors (looked at the top level, 'state_dict' and 'model')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+        keys = f" (its keys: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, Mapping) else ""
+        raise ValueError(f"{str(path)!r} holds no state dict of tensors{keys}; looked at the top level and under "
+                         f"{', '.join(STATE_DICT_KEYS)}. Save the weights with torch.save(model.state_dict(), path).")
+    return _strip_wrapper_prefixes(dict(obj))
+
+
+def _align_prefix(state: Mapping[str, torch.Tensor], expected: Mapping) -> Mapping[str, torch.Tensor]:
+    """Strip one leading name that every key carries (`model.`, `net.`, as training frameworks wrap models)
+    when the keys do not fit as they are and do without it."""
+    if not state or any(k in expected for k in state):
+        return state
+    heads = {k.split(".", 1)[0] for k in state}
+    if len(heads) != 1 or not all("." in k for k in state):
+        return state
+    stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
+    return stripped if any(k in expected for k in stripped) else state
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -139,6 +207,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             lists the offending keys and names `source`.
     """
     expected = model.state_dict()
+    state_dict = _align_prefix(state_dict, expected)
     missing = [k for k in expected if k not in state_dict and not k.endswith(TOLERATED_MISSING_SUFFIXES)]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -152,7 +221,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     if unexpected:
         problems.append(f"unexpected keys: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     if mismatched:
-        problems.append(f"shape mismatches: {mismatched[:8]}")
+        problems.append(f"shape mismatches: {mismatched[:8]} (where only the classifier differs, give the "
+                        "number of classes the weights were trained with: --num-classes N)")
     if problems:
         raise ValueError(
             f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems)

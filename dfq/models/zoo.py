@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 from dfq.models.cifar_resnet import CifarResNet
-from dfq.models.registry import Teacher, register_teacher
+from dfq.models.registry import Teacher, published_classes_error, register_teacher
 from dfq.models.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from dfq.models.weights import WeightFile, load_state_dict_checked, read_state_dict, resolve_weights
 
@@ -24,13 +25,16 @@ CIFAR10_RESNET_WEIGHTS = {
 CIFAR10_SPEC = InputSpec(image_size=32, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=10)
 
 
-def _build_cifar10_resnet(depth: int, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False
-                          ) -> Teacher:
-    model = CifarResNet(depth, num_classes=10)
+def _build_cifar10_resnet(depth: int, *, checkpoint=None, pretrained: bool = True, trust_checkpoint: bool = False,
+                          num_classes: int | None = None) -> Teacher:
+    num_classes = num_classes or CIFAR10_SPEC.num_classes
+    if pretrained and checkpoint is None and num_classes != CIFAR10_SPEC.num_classes:
+        raise published_classes_error(f"cifar10_resnet{depth}", CIFAR10_SPEC.num_classes, num_classes)
+    model = CifarResNet(depth, num_classes=num_classes)
     if checkpoint is not None or pretrained:
         path = resolve_weights(CIFAR10_RESNET_WEIGHTS[depth], checkpoint=checkpoint)
         load_state_dict_checked(model, read_state_dict(path, trust=trust_checkpoint), source=str(path))
-    return Teacher(model.eval(), CIFAR10_SPEC)
+    return Teacher(model.eval(), dataclasses.replace(CIFAR10_SPEC, num_classes=num_classes))
 
 
 for _depth in CIFAR10_RESNET_WEIGHTS:

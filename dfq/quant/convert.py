@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
@@ -11,8 +12,10 @@ from torch import nn
 from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_batchnorm
 from dfq.quant.graph import functional_ops_to_modules, tie_shared_inputs
+from dfq.quant.matching import _base_type, as_plain, match_layers
 from dfq.quant.modules import QUANT_MODULES, LayerQuantSpec
 from dfq.quant.observers import QuantSpec
+from dfq.quant.same_pad import SamePadConv2d
 from dfq.quant.ops import QUANT_OPS
 
 
@@ -57,9 +60,12 @@ def quantize_model(
     returned object all the same: where `quantize_ops` rewrites the root module's own forward code, the
     returned model is a new object holding the converted layers).
 
-    BN is folded first when the config says so. Every module whose exact type is in `module_map`
-    (default: Conv2d -> QuantConv2d, Linear -> QuantLinear) is replaced, except the layers matching
-    `config.skip`. "First" and "last" are the first and last such layers in module registration order.
+    Layers are matched by what they compute (`dfq.quant.matching`): every instance of a type in `module_map`
+    (default: Conv2d -> QuantConv2d, Linear -> QuantLinear) that keeps its parent's forward, or whose own forward
+    is a known variant (timm's Linear, "same"-padded and weight-standardized convolutions: these become their
+    plain equivalent first), is replaced, except the layers matching `config.skip`. A subclass with an unknown
+    forward stays float, with a warning naming it (and the summary gives the reason). BN is then folded when the
+    config says so. "First" and "last" are the first and last matched layers in module registration order.
     With `config.quantize_ops` (the deploy protocol), additions and adaptive pooling written as code become
     modules (`dfq.quant.graph.functional_ops_to_modules`), additions and average pools get quantized inputs
     at ops_bits (`dfq.quant.ops`), and the consumers of one tensor share one input quantizer. Weight ranges
@@ -70,18 +76,33 @@ def quantize_model(
     """
     table = dict(module_map or QUANT_MODULES)
     model = model if inplace else copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if type(m) in table]
-    if not names:
+    matches = match_layers(model, table)
+    names = [m.name for m in matches]
+    if not any(m.quantizable for m in matches):
+        found = f" (found only: {'; '.join(m.reason for m in matches[:3])})" if matches else ""
         raise ValueError(
-            f"{type(model).__name__} has no {' or '.join(t.__name__ for t in table)} layer to quantize"
+            f"{type(model).__name__} has no {' or '.join(t.__name__ for t in table if t is not SamePadConv2d)} layer "
+            f"to quantize{found}"
         )
     _check_patterns(config, names)
+    skipped = {n for n in names if any(fnmatchcase(n, p) for p in config.skip)}
+    unasked = [m for m in matches if not m.quantizable and m.name not in skipped]
+    if unasked:
+        warnings.warn(f"{len(unasked)} conv/linear layer(s) stay in float: "
+                      + "; ".join(f"{m.name}: {m.reason}" for m in unasked[:5]) + ("; ..." if len(unasked) > 5 else "")
+                      + ". Add them to QuantConfig.skip to silence this, or pass a module_map entry for their type.",
+                      stacklevel=2)
+    for match in matches:  # known variants become the plain layer they compute as, before BN is folded into them
+        if match.quantizable and match.variant is not None:
+            model.set_submodule(match.name, as_plain(match))
+    names = [m.name for m in matches]
+    quantizable = {m.name for m in matches if m.quantizable}
     if config.fold_bn:
         fold_batchnorm(model)
     if config.quantize_ops:
         model, _ = functional_ops_to_modules(model)
     for i, name in enumerate(names):
-        if any(fnmatchcase(name, p) for p in config.skip):
+        if name in skipped or name not in quantizable:
             continue
         w_bits, in_bits = layer_bits(config, name, first=i == 0, last=i == len(names) - 1)
         qspec = LayerQuantSpec(
@@ -95,7 +116,7 @@ def quantize_model(
             quantize_bias=bool(config.quantize_ops),
         )
         layer = model.get_submodule(name)
-        model.set_submodule(name, table[type(layer)].from_float(layer, qspec))
+        model.set_submodule(name, table[_base_type(layer, table)].from_float(layer, qspec))
     if config.quantize_ops:
         _quantize_ops(model, config)
         tie_shared_inputs(model)

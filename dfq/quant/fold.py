@@ -9,6 +9,15 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.quant.same_pad import SamePadConv2d
+
+# Convolutions whose output is conv(x, weight) + bias, so that a BN after them folds into weight and bias.
+_FOLDABLE_FORWARDS = (nn.Conv2d.forward, SamePadConv2d.forward)
+
+
+def _foldable(module) -> bool:
+    return isinstance(module, nn.Conv2d) and type(module).forward in _FOLDABLE_FORWARDS
+
 
 class _LeafTracer(fx.Tracer):
     """Keeps convolutions and every BatchNorm subclass (timm's BatchNormAct2d too) as single nodes."""
@@ -18,7 +27,8 @@ class _LeafTracer(fx.Tracer):
 
 
 def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, BN name) for every Conv2d whose only consumer is a BatchNorm.
+    """(conv name, BN name) for every Conv2d whose only consumer is a BatchNorm (a Conv2d subclass with its
+    own forward only where it is a plain or "same"-padded convolution: another may transform its weight).
 
     The dataflow comes from a torch.fx trace. Models fx cannot trace fall back to module order: a Conv2d
     immediately followed, in the same parent, by a BN of matching width (with a warning, since module
@@ -38,7 +48,7 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if (
             isinstance(src, fx.Node)
             and src.op == "call_module"
-            and isinstance(modules.get(src.target), nn.Conv2d)
+            and _foldable(modules.get(src.target))
             and len(src.users) == 1
         ):
             pairs.append((src.target, node.target))
@@ -50,7 +60,7 @@ def _pairs_by_order(model: nn.Module) -> list[tuple[str, str]]:
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
         for (a_name, a), (b_name, b) in zip(children, children[1:]):
-            if isinstance(a, nn.Conv2d) and isinstance(b, _BatchNorm) and b.num_features == a.out_channels:
+            if _foldable(a) and isinstance(b, _BatchNorm) and b.num_features == a.out_channels:
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
     return pairs
@@ -66,7 +76,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if bn.num_features != conv.out_channels:
         raise ValueError(f"BatchNorm width {bn.num_features} != conv output channels {conv.out_channels}")
-    folded = nn.Conv2d(
+    if not _foldable(conv):
+        raise ValueError(f"cannot fold a BatchNorm into a {type(conv).__name__}: its forward is not a plain convolution")
+    folded = (SamePadConv2d if isinstance(conv, SamePadConv2d) else nn.Conv2d)(
         conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
         dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
         device=conv.weight.device, dtype=conv.weight.dtype,

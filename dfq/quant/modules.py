@@ -14,6 +14,7 @@ from torch import nn
 
 from dfq.quant.observers import QuantSpec
 from dfq.quant.quantizer import TensorQuantizer
+from dfq.quant.same_pad import SamePadConv2d, same_pad
 
 
 @dataclass(frozen=True)
@@ -160,5 +161,23 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
 
 
-QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+class QuantSamePadConv2d(QuantConv2d):
+    """QuantConv2d with TensorFlow's "SAME" padding (timm's Conv2dSame), computed from each input's size."""
+
+    def to_float(self) -> SamePadConv2d:
+        conv = SamePadConv2d(
+            self.in_channels, self.out_channels, self.kernel_size, stride=self.stride, padding=0,
+            dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )
+        conv.load_state_dict({k: v for k, v in self.state_dict().items() if "quantizer" not in k})
+        return conv.train(self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = same_pad(self.quantized_input(x), self.kernel_size, self.stride, self.dilation)  # zeros stay exact
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+
+
+QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear, SamePadConv2d: QuantSamePadConv2d}
 """The default table from float module types to their quantized counterparts."""

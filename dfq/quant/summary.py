@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from dfq.quant.modules import QuantConv2d, QuantLinear
+from dfq.quant.matching import match_layers
+from dfq.quant.modules import QUANT_MODULES, QuantConv2d, QuantLinear
 
 
 @dataclass
@@ -20,6 +21,7 @@ class LayerSummary:
     w_range: tuple[float, float] | None  # the widest channel range
     a_range: tuple[float, float] | None
     num_weights: int
+    float_reason: str | None = None  # why a conv/linear was left in float
 
 
 @dataclass
@@ -48,6 +50,9 @@ class ModelSummary:
             lines.append(
                 f"{s.name:<28} {s.kind:<6} {s.w_bits or '-':>2} {s.a_bits or '-':>2} {w:<22} {wr:<20} {ar:<20}"
             )
+        for s in self.layers:
+            if s.float_reason:
+                lines.append(f"left in float: {s.name}: {s.float_reason}")
         lines.append(
             f"weights: {self.quantized_weight_bits / 8 / 1024:.1f} KiB quantized vs "
             f"{self.float_weight_bits / 8 / 1024:.1f} KiB FP32, compression {self.compression_ratio:.2f}x"
@@ -62,14 +67,26 @@ def _range(q) -> tuple[float, float] | None:
     return float(lo.min()), float(hi.max())
 
 
+def _float_layer(name: str, match) -> LayerSummary:
+    m = match.module
+    return LayerSummary(name=name, kind="conv" if isinstance(m, nn.Conv2d) else "linear", w_bits=None, a_bits=None,
+                        w_granularity="float", w_symmetric=None, w_range=None, a_range=None,
+                        num_weights=m.weight.numel(),
+                        float_reason=match.reason or "not quantized: matched by QuantConfig.skip")
+
+
 def summarize(model: nn.Module) -> ModelSummary:
-    """Per quantized layer its bits, weight granularity and symmetry, and ranges; total weight storage
-    with quantized conv/linear weights at their bit width and every other parameter (biases, BN, scales
-    excluded) at 32 bits, against all of it at 32 bits."""
+    """Per conv/linear layer its bits, weight granularity and symmetry, and ranges, or why it was left in float;
+    total weight storage with quantized conv/linear weights at their bit width and every other parameter
+    (biases, BN, scales excluded) at 32 bits, against all of it at 32 bits."""
     layers = []
     quant_param_ids = set()
     qbits = 0
+    left_float = {m.name: m for m in match_layers(model, QUANT_MODULES)}
     for name, m in model.named_modules():
+        if name in left_float:
+            layers.append(_float_layer(name, left_float[name]))
+            continue
         if not isinstance(m, (QuantConv2d, QuantLinear)):
             continue
         wq, iq = m.weight_quantizer, m.input_quantizer

@@ -39,11 +39,45 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_teacher_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint and --trust-checkpoint: which teacher, from which weights."""
-    p.add_argument("--model", required=True,
+def add_teacher_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--model, --checkpoint and --trust-checkpoint: which teacher, from which weights; and its input spec."""
+    p.add_argument("--model", required=required,
                    help="teacher name: cifar10_resnet{20,32,44,56,110}, tv:<torchvision model> or timm:<timm model>")
-    add_checkpoint_arguments(p, "local weights file for the teacher (default: the published weights)")
+    add_checkpoint_arguments(p, "local weights file for the teacher: a state dict, or a dict holding one under "
+                                "state_dict/model/net/ema, as a PyTorch or .safetensors file (default: the "
+                                "published weights)")
+    add_spec_arguments(p)
+
+
+def channel_values(text: str) -> tuple[float, ...]:
+    """--mean / --std: comma-separated numbers, one per input channel (0.4914,0.4822,0.4465)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5, got {text!r}") from None
+    if not all(abs(v) < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """--mean, --std, --image-size, --num-classes: what the teacher's weights were trained with, where it differs
+    from the model's defaults. Recorded with generators and students, so later commands need not repeat them."""
+    g = p.add_argument_group("teacher input (default: the model's own; recorded for later commands)")
+    g.add_argument("--mean", type=channel_values, help="per-channel mean the weights were trained with, on [0, 1] "
+                                                       "pixels, comma-separated (e.g. 0.4914,0.4822,0.4465)")
+    g.add_argument("--std", type=channel_values, help="per-channel std, comma-separated (e.g. 0.2470,0.2435,0.2616)")
+    g.add_argument("--image-size", type=positive_int, help="side of the square input the weights were trained at")
+    g.add_argument("--num-classes", type=positive_int, help="number of classes (the classifier is built with as "
+                                                            "many outputs; needs --checkpoint)")
+
+
+def spec_overrides(args: argparse.Namespace):
+    """The SpecOverrides the --mean/--std/--image-size/--num-classes options give (empty when none is given)."""
+    from dfq.models import SpecOverrides
+
+    return SpecOverrides(image_size=getattr(args, "image_size", None), mean=getattr(args, "mean", None),
+                         std=getattr(args, "std", None), num_classes=getattr(args, "num_classes", None))
 
 
 def add_checkpoint_arguments(p: argparse.ArgumentParser, help: str) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from dfq.data import SPLITS, build_eval_loader
 from dfq.evaluate import evaluate
-from dfq.models import create_teacher
+from dfq.models import SpecOverrides, create_teacher
 from dfq.quant import is_student_dir, load_student
 from gznq.cli.common import (
     HelpFormatter,
@@ -20,7 +20,9 @@ from gznq.cli.common import (
     default_workers,
     error_message,
     format_table,
+    add_spec_arguments,
     positive_int,
+    spec_overrides,
     tune_allocator,
     write_json_atomic,
 )
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a teacher checkpoint that holds pickled Python objects besides its tensors (loading "
                         "them can run code from the file: only for files you trust)")
+    add_spec_arguments(p)
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     p.add_argument("--split", default="all", choices=SPLITS,
                    help="which images of --data: all, or the select / report halves (README, Results)")
@@ -62,24 +65,33 @@ def _load_models(args: argparse.Namespace):
         if args.model and args.model != name:
             raise ValueError(f"--model {args.model} but the student at {args.checkpoint} was made from {name}")
         teacher_ckpt = args.teacher_checkpoint or meta["metadata"].get("teacher_checkpoint")
-        teacher, spec = create_teacher(name, checkpoint=teacher_ckpt, trust_checkpoint=args.trust_checkpoint)
+        if not spec_overrides(args).is_empty():
+            raise ValueError("a student records its teacher's input spec; leave out --mean/--std/--image-size/"
+                             "--num-classes with a student directory")
+        teacher, spec = create_teacher(name, checkpoint=teacher_ckpt, trust_checkpoint=args.trust_checkpoint,
+                                       overrides=SpecOverrides.from_dict(meta.get("input_spec")))
         return student, teacher.to(args.device), spec, f"{name} (student)"
     if not args.model:
         raise ValueError("--model is required unless --checkpoint is a student directory")
-    model, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    model, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
+                                 overrides=spec_overrides(args))
     model.to(args.device, memory_format=torch.channels_last)  # about 1.3x faster convolutions on CPU
     return model, None, spec, args.model
 
 
 def run_generator_report(args: argparse.Namespace) -> dict:
     """The generator quality report: teacher top-1 on samples, BN losses, diversity, throughput."""
-    from generators.checkpoint import load_generator
+    from generators.checkpoint import load_generator, read_generator_meta
     from generators.quality import measure_quality, stream_throughput
     from generators.stream import SyntheticStream
 
     if not args.model:
         raise ValueError("--generator needs --model, the teacher to judge its samples with")
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    overrides = spec_overrides(args)
+    if overrides.is_empty():  # the input the generator was trained for
+        overrides = SpecOverrides.from_dict(read_generator_meta(args.generator).get("input_spec"))
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
+                                   overrides=overrides)
     teacher.to(args.device)
     generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher, device=args.device)
     stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=args.batch_size, seed=12345,

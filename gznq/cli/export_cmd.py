@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> dict:
     """Export, then check in onnxruntime that every conv/linear runs as an integer kernel."""
     from dfq.export import export_onnx
     from dfq.export.check import integer_kernels
-    from dfq.models import create_teacher
     from dfq.quant import load_student
+    from dfq.quant.serialization import student_input_spec
 
     out = Path(args.out)
     if out.suffix != ".onnx":
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.checkpoint} was made before the deploy protocol quantized additions, pooling and "
                          "biases as an integer runtime does, so onnxruntime cannot run it in integers; re-run "
                          "`train.py quantize` with this version to make a student it can export")
-    _, spec = create_teacher(meta["teacher"], pretrained=False)
+    spec = student_input_spec(meta)
     staged = out.with_name(out.name + ".partial")
     export_onnx(student, spec, staged, overwrite=True,
                 metadata={"teacher": meta["teacher"], "quant_config": meta["quant_config"],

@@ -10,9 +10,10 @@ import torch
 from torchvision.utils import save_image
 
 from dfq.io import write_json_atomic
-from dfq.models import create_teacher
+from dfq.models import SpecOverrides, create_teacher
 from generators.bn_stats import BN_LOSSES
-from generators.checkpoint import check_teacher, load_generator
+from generators.checkpoint import META_FILE as GENERATOR_META
+from generators.checkpoint import check_teacher, load_generator, read_generator_meta
 from generators.network import GeneratorConfig
 from generators.pixel_opt import PIXELS_FILE, PIXELS_META, PixelOptConfig, optimize_pixels, save_pixels
 from generators.refine import RefinedBatches
@@ -24,6 +25,7 @@ from gznq.cli.common import (
     add_teacher_arguments,
     default_device,
     positive_int,
+    spec_overrides,
 )
 from gznq.cli.refine_args import add_refine_arguments, refine_from_args
 from gznq.outdir import ResultKind, check_output, writing_output
@@ -112,7 +114,11 @@ def run_generator(args: argparse.Namespace) -> None:
         ce_weight=args.ce_weight, class_bn_weight=args.class_bn_weight, class_bn_layers=args.class_bn_layers,
         info_weight=args.info_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing, seed=args.seed,
     )
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    overrides = spec_overrides(args)
+    if args.resume and overrides.is_empty() and (Path(args.out) / GENERATOR_META).is_file():
+        overrides = SpecOverrides.from_dict(read_generator_meta(args.out).get("input_spec"))  # as it was started
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
+                                   overrides=overrides)
     teacher.to(args.device, memory_format=torch.channels_last)
     gen_config = GeneratorConfig(num_classes=spec.num_classes, image_size=spec.image_size, width=args.width,
                                  latent_dim=args.latent_dim, channels=spec.channels)
@@ -132,7 +138,8 @@ def run_sample(args: argparse.Namespace) -> None:
     refine = refine_from_args(args)
     if refine.steps:
         teacher, spec = create_teacher(meta["teacher"], checkpoint=args.checkpoint,
-                                       trust_checkpoint=args.trust_checkpoint)
+                                       trust_checkpoint=args.trust_checkpoint,
+                                       overrides=SpecOverrides.from_dict(meta.get("input_spec")))
         teacher.to(args.device)
         check_teacher(meta, teacher=teacher, path=args.generator)  # refuses other weights
         stream = RefinedBatches(stream, teacher, spec, refine, seed=args.seed, normalized=False)
@@ -159,7 +166,8 @@ def run_sample(args: argparse.Namespace) -> None:
 
 def run_pixels(args: argparse.Namespace) -> None:
     check_output(args.out, PIXEL_DIR, overwrite=args.overwrite)
-    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
+                                   overrides=spec_overrides(args))
     teacher.to(args.device, memory_format=torch.channels_last)
     config = PixelOptConfig(num_images=args.num_images, iterations=args.iterations, batch_size=args.batch_size,
                             bn_loss=args.bn_loss, ce_weight=args.ce_weight, seed=args.seed)

@@ -16,6 +16,7 @@ from gznq.cli.common import (
     default_workers,
     format_table,
     positive_int,
+    spec_overrides,
 )
 from gznq.cli.refine_args import add_refine_arguments, refine_from_args
 from gznq.distill import DistillConfig, gdfq_recipe
@@ -130,6 +131,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                                 weight_scales=args.distill_weight_scales, seed=args.seed)
     return PipelineConfig(
         source=args.source, model=args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
+        spec_overrides=spec_overrides(args),
         quant=QuantConfig(w_bits=args.w_bits, a_bits=args.a_bits, protocol=args.protocol,
                           weight_observer=args.weight_observer, act_observer=args.act_observer),
         methods=args.method, calib_images=args.calib_images, batch_size=args.batch_size,

@@ -134,16 +134,23 @@ def test_an_unreadable_image_is_named(weights_dir, ckpt, tmp_path, capsys):
 def test_a_checkpoint_with_pickled_objects_needs_trust(weights_dir, cifar_test_dir, tmp_path, capsys):
     import argparse
 
+    from dfq.models import CifarResNet
+
     state = torch.load(weights_dir / "resnet20-12fca82f.th", map_location="cpu", weights_only=True)
     state["args"] = argparse.Namespace(lr=0.1, arch="resnet20")  # as research training scripts save them
+    with_options = tmp_path / "with_options.th"
+    torch.save(state, with_options)
+    args = ["--model", "cifar10_resnet20", "--data", str(cifar_test_dir), "--limit", "20", "--no-progress",
+            "--workers", "0"]
+    assert eval_main(args + ["--checkpoint", str(with_options)]) == 0  # a Namespace runs no code: allowed
+    state["whole_model"] = CifarResNet(20)  # unpickling a module runs code from the file
     risky = tmp_path / "risky.th"
     torch.save(state, risky)
-    args = ["--model", "cifar10_resnet20", "--checkpoint", str(risky), "--data", str(cifar_test_dir), "--limit", "20",
-            "--no-progress", "--workers", "0"]
-    assert eval_main(args) == 2
+    capsys.readouterr()
+    assert eval_main(args + ["--checkpoint", str(risky)]) == 2
     err = capsys.readouterr().err
     assert str(risky) in err and "--trust-checkpoint" in err
-    assert eval_main(args + ["--trust-checkpoint"]) == 0
+    assert eval_main(args + ["--checkpoint", str(risky), "--trust-checkpoint"]) == 0
 
 
 def test_help_shows_defaults_and_ranges(capsys):
