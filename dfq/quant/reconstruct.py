@@ -38,7 +38,10 @@ class ReconstructConfig:
     teacher block's output on the same blend of the teacher's inputs, meant to stand in for intermediate
     features that generated images lack; only in blocks past the fraction `feature_mix_after` of the list,
     as early features are local textures that blending only ghosts. Off by default (it did not help in
-    `docs/benchmarks.md`).
+    `docs/benchmarks.md`). memory_mb: the most a block's held inputs and targets may take; where all the
+    images' do not fit (ImageNet-size models), the block is reconstructed on a pool of as many images as fit,
+    drawn afresh for each of ceil(images / pool) equal parts of its iterations (its errors before and after
+    are then measured on the first pool). CIFAR ResNets at 2,048 images x 3 copies stay under the default.
 
     Where the defaults come from: lr was re-checked on the selection split of the shared test images with
     ResNet-20 (`python -m bench.dfq_bench --split select --only SETTING --methods gznq --seed S --set
@@ -57,6 +60,7 @@ class ReconstructConfig:
     last_block: bool | None = None
     feature_mix: float = 0.0
     feature_mix_after: float = 0.5
+    memory_mb: float = 2048
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,34 +74,62 @@ class ReconstructConfig:
             raise ValueError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")
+        if not self.memory_mb > 0:
+            raise ValueError(f"memory_mb must be positive, got {self.memory_mb}")
         if not 0 <= self.feature_mix <= 1 or not 0 <= self.feature_mix_after <= 1:
             raise ValueError(f"feature_mix and feature_mix_after must be in [0, 1], got {self.feature_mix} "
                              f"and {self.feature_mix_after}")
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def find_blocks(model: nn.Module) -> list[str]:
-    """Names of the units reconstructed one at a time, in module order: every element of an nn.Sequential
-    that holds quantized layers (a residual block, a conv-BN-act unit) unless it is itself a sequence of
-    several such units (a ResNet stage), and every quantized layer outside such elements (a stem conv)."""
+    """Names of the units reconstructed one at a time, in module order, for any nesting of containers
+    (Sequential, ModuleList, ModuleDict) and plain modules:
+
+    - a quantized layer on its own (a stem conv, the classifier);
+    - an element of a container that holds quantized layers, unless it is a stage;
+    - a plain module holding quantized layers (a residual block, a conv-BN-act unit), unless it is a stage.
+
+    A stage is looked into rather than reconstructed whole: a container with more than one element holding
+    quantized layers (a ResNet stage as nn.Sequential), or a plain module whose parts (its children, looking
+    through containers) include at least two that hold two or more quantized layers each (a stage of blocks
+    kept as attributes or in a ModuleList).
+    """
     blocks: list[str] = []
 
-    def holds_quant(m: nn.Module) -> bool:
-        return any(isinstance(x, _QUANT_LAYERS) for x in m.modules())
+    def count_quant(m: nn.Module) -> int:
+        return sum(isinstance(x, _QUANT_LAYERS) for x in m.modules())
+
+    def parts(m: nn.Module):
+        for c in m.children():
+            if count_quant(c) == 0:
+                continue
+            if isinstance(c, _CONTAINERS):
+                yield from parts(c)
+            else:
+                yield c
 
     def is_stage(m: nn.Module) -> bool:
-        return isinstance(m, nn.Sequential) and sum(holds_quant(c) for c in m.children()) > 1
+        if isinstance(m, _CONTAINERS):
+            return sum(count_quant(c) > 0 for c in m.children()) > 1
+        return sum(count_quant(p) >= 2 for p in parts(m)) >= 2
 
-    def visit(module: nn.Module, prefix: str, in_sequential: bool) -> None:
+    def visit(module: nn.Module, prefix: str) -> None:
+        in_container = isinstance(module, _CONTAINERS)
         for name, child in module.named_children():
             full = f"{prefix}{name}"
-            if not holds_quant(child):
+            if count_quant(child) == 0:
                 continue
-            if isinstance(child, _QUANT_LAYERS) or (in_sequential and not is_stage(child)):
+            if isinstance(child, _QUANT_LAYERS):
                 blocks.append(full)
+            elif is_stage(child) or (isinstance(child, _CONTAINERS) and not in_container):
+                visit(child, f"{full}.")
             else:
-                visit(child, f"{full}.", isinstance(child, nn.Sequential))
+                blocks.append(full)
 
-    visit(model, "", isinstance(model, nn.Sequential))
+    visit(model, "")
     return blocks
 
 
@@ -135,32 +167,43 @@ class _StopForward(Exception):
     pass
 
 
+def _raise_stop(*_):
+    raise _StopForward
+
+
+@contextlib.contextmanager
+def _stop_after(block: nn.Module, *, output: bool):
+    """End the model's forward pass as soon as `block` has run (output) or is about to run (input): nothing
+    after it is needed."""
+    handle = block.register_forward_hook(_raise_stop) if output else block.register_forward_pre_hook(_raise_stop)
+    try:
+        with contextlib.suppress(_StopForward):
+            yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def _collect(model: nn.Module, block: nn.Module, images: list[torch.Tensor], *, output: bool) -> torch.Tensor:
-    """The block's input (or output) for every image batch; the forward pass stops at the block for inputs."""
+    """The block's input (or output) for every image batch; each forward pass stops at the block."""
     chunks = []
     for x in images:
         with _capture(block, output=output) as store:
-            if output:
+            with _stop_after(block, output=output):
                 model(x)
-            else:
-                stopper = block.register_forward_pre_hook(lambda m, i: (_ for _ in ()).throw(_StopForward()))
-                try:
-                    with contextlib.suppress(_StopForward):
-                        model(x)
-                finally:
-                    stopper.remove()
         chunks.append(store[0])
     return torch.cat(chunks)
 
 
 @torch.no_grad()
 def _collect_io(model: nn.Module, block: nn.Module, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's input and output for every image batch, both from one forward pass per batch."""
+    """The block's input and output for every image batch, both from one forward pass per batch (which stops
+    after the block)."""
     inputs, outputs = [], []
     for x in images:
         with _capture(block, output=False) as block_in, _capture(block, output=True) as block_out:
-            model(x)
+            with _stop_after(block, output=True):
+                model(x)
         inputs.append(block_in[0])
         outputs.append(block_out[0])
     return torch.cat(inputs), torch.cat(outputs)
@@ -218,10 +261,14 @@ def _batch(inputs: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, mix: 
 
 def reconstruct_block(
     block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: ReconstructConfig,
-    mix: FeatureMix | None = None,
+    mix: FeatureMix | None = None, *, refresh=None, rounds: int = 1,
 ) -> BlockResult:
     """Optimize one block's weight rounding and activation steps so that block(inputs) matches targets
-    (with `mix`, also on blends of the inputs, config.feature_mix ignored: the caller decides)."""
+    (with `mix`, also on blends of the inputs, config.feature_mix ignored: the caller decides).
+
+    With `refresh(r) -> (inputs, targets, mix)` and `rounds` > 1, the iterations are split into `rounds` equal
+    parts and part r trains on refresh(r) (part 0 on the data given); the errors are measured on the data given,
+    refreshed as refresh(0) at the end."""
     layers = [m for m in block.modules() if isinstance(m, _QUANT_LAYERS) and m.weight_quantizer is not None]
     # a quantizer shared by several layers (dfq.quant.graph.tie_shared_inputs) is listed once
     act_quantizers = list({id(m.input_quantizer): m.input_quantizer for m in block.modules()
@@ -236,7 +283,12 @@ def reconstruct_block(
                     q.set_learnable(True)
                 groups.append({"params": [q.scale for q in act_quantizers], "lr": config.act_lr})
             opt = torch.optim.Adam(groups)
+            part = 0
             for it in range(config.iterations):
+                if refresh is not None and it * rounds // config.iterations != part:
+                    part = it * rounds // config.iterations
+                    inputs = targets = mix = None  # the previous pool is freed before the next is collected
+                    inputs, targets, mix = refresh(part)
                 idx = torch.randint(len(inputs), (config.batch_size,), generator=gen)
                 x, y = _batch(inputs, targets, idx, mix, gen)
                 loss = reconstruction_loss(block(x), y)
@@ -255,6 +307,9 @@ def reconstruct_block(
     finally:
         for q in act_quantizers:
             q.set_learnable(False)
+    if refresh is not None and part != 0:
+        inputs = targets = mix = None
+        inputs, targets, mix = refresh(0)
     return BlockResult(before, _block_error(block, inputs, targets), undecided)
 
 
@@ -266,6 +321,40 @@ def _block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
         for i in range(0, len(inputs), chunk):
             total += F.mse_loss(block(inputs[i:i + chunk]), targets[i:i + chunk], reduction="sum").item()
     return total / len(inputs)
+
+
+def _count(images: list[torch.Tensor]) -> int:
+    return sum(len(x) for x in images)
+
+
+def _pool_size(student, teacher, block, teacher_block, images, config: ReconstructConfig, mixing: bool) -> int | None:
+    """How many images' block inputs and targets fit in `config.memory_mb` (None: all of them), from one image's."""
+    one = [images[0][:1]]
+    held = _collect(student, block, one, output=False).numel() + _collect(teacher, teacher_block, one, output=True).numel()
+    if mixing:
+        held += _collect(teacher, teacher_block, one, output=False).numel()
+    per_image = held * images[0].element_size()
+    fit = int(config.memory_mb * 2**20 // per_image)
+    if fit >= _count(images):
+        return None
+    if fit < config.batch_size:
+        raise ValueError(f"reconstruction's memory_mb ({config.memory_mb:g} MB) holds {fit} images' block inputs and "
+                         f"targets ({per_image / 2**20:.1f} MB each), fewer than one batch ({config.batch_size}); "
+                         "raise memory_mb or lower the batch size")
+    return fit
+
+
+def _pool_images(images: list[torch.Tensor], pool: int, part: int, seed: int) -> list[torch.Tensor]:
+    """Part 0: the first `pool` images; part r > 0: `pool` images drawn without replacement (seeded by r)."""
+    if part == 0:
+        return first_images(images, pool)
+    flat_index = torch.randperm(_count(images), generator=torch.Generator().manual_seed(seed * 100003 + part))[:pool]
+    starts = torch.tensor([0] + [len(x) for x in images]).cumsum(0)
+    picked = []
+    for i in flat_index.sort().values.tolist():
+        b = int(torch.searchsorted(starts, i, right=True)) - 1
+        picked.append(images[b][i - starts[b]])
+    return [torch.stack(picked[j:j + len(images[0])]) for j in range(0, len(picked), len(images[0]))]
 
 
 def first_images(batches: list[torch.Tensor], n: int) -> list[torch.Tensor]:
@@ -321,19 +410,32 @@ def reconstruct(
             if name not in teacher_modules:
                 raise ValueError(f"student block {name!r} has no counterpart in the teacher")
             block, teacher_block = student.get_submodule(name), teacher_modules[name]
-            mix = None
-            if config.feature_mix > 0 and number >= config.feature_mix_after * len(blocks):
-                teacher_inputs, targets = _collect_io(teacher, teacher_block, images)
-                mix = FeatureMix(teacher_block, teacher_inputs, config.feature_mix)
-            else:
-                targets = _collect(teacher, teacher_block, images, output=True)
-            inputs = _collect(student, block, images, output=False)
-            if inputs.dim() == 4:  # channels-last convolutions run 2x faster here on small CPU batches
+            mixing = config.feature_mix > 0 and number >= config.feature_mix_after * len(blocks)
+            pool = _pool_size(student, teacher, block, teacher_block, images, config, mixing)
+
+            def collect(part: int, block=block, teacher_block=teacher_block, pool=pool, mixing=mixing):
+                subset = images if pool is None else _pool_images(images, pool, part, config.seed)
+                mix = None
+                if mixing:
+                    teacher_inputs, targets = _collect_io(teacher, teacher_block, subset)
+                    mix = FeatureMix(teacher_block, teacher_inputs, config.feature_mix)
+                else:
+                    targets = _collect(teacher, teacher_block, subset, output=True)
+                inputs = _collect(student, block, subset, output=False)
+                if inputs.dim() == 4:  # channels-last convolutions run 2x faster here on small CPU batches
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                if targets.dim() == 4:
+                    targets = targets.contiguous(memory_format=torch.channels_last)
+                return inputs, targets, mix
+
+            inputs, targets, mix = collect(0)
+            if inputs.dim() == 4:
                 block.to(memory_format=torch.channels_last)
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-                targets = targets.contiguous(memory_format=torch.channels_last)
-            result = reconstruct_block(block, inputs, targets, config, mix)
-            records.append({"block": name, **dataclasses.asdict(result)})
-            if inputs.dim() == 4:  # back to the default layout, so the student computes as a reloaded copy does
-                block.to(memory_format=torch.contiguous_format)
+            rounds = 1 if pool is None else min(config.iterations, -(-_count(images) // pool))
+            result = reconstruct_block(block, inputs, targets, config, mix,
+                                       refresh=collect if rounds > 1 else None, rounds=rounds)
+            del inputs, targets, mix
+            records.append({"block": name, **dataclasses.asdict(result), "pool": pool or _count(images)})
+            # back to the default layout, so the student computes as a reloaded copy does
+            block.to(memory_format=torch.contiguous_format)
     return records

@@ -79,6 +79,9 @@ def add_parser(sub) -> None:
                         "--no-recon-from-calib)")
     p.add_argument("--recon-drop", type=float, default=r.drop_prob,
                    help="QDrop: probability in [0, 1) that an activation skips quantization while reconstructing")
+    p.add_argument("--recon-memory-mb", type=float, default=r.memory_mb,
+                   help="most memory a block's held inputs and targets may take; beyond it the block trains on pools "
+                        "of images drawn afresh (ImageNet-size models)")
     p.add_argument("--recon-last-block", action=argparse.BooleanOptionalAction, default=None,
                    help="reconstruct the classifier too; --no-recon-last-block leaves it as calibrated (default: by "
                         "the setting, dfq/quant/recon_defaults.py)")
@@ -137,7 +140,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         methods=args.method, calib_images=args.calib_images, batch_size=args.batch_size,
         refine=refine_from_args(args),
         recon=ReconstructConfig(iterations=args.recon_iters, drop_prob=args.recon_drop,
-                                last_block=args.recon_last_block, seed=args.seed),
+                                last_block=args.recon_last_block, memory_mb=args.recon_memory_mb, seed=args.seed),
         recon_images=args.recon_images, recon_from_calib=args.recon_from_calib, recon_augment=args.recon_augment,
         distill=distill, seed=args.seed, eval_data=args.eval_data, eval_split=args.eval_split,
         eval_limit=args.eval_limit, out=args.out, overwrite=args.overwrite, resume=args.resume,
