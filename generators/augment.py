@@ -9,6 +9,17 @@ import torch
 import torch.nn.functional as F
 
 
+REFERENCE_SIDE = 32  # jitter sizes are given in pixels of a CIFAR-size image
+
+
+def scaled_shift(pixels_at_32: int, image_side: int) -> int:
+    """A jitter of `pixels_at_32` pixels on a 32-pixel image, scaled to an image of `image_side` pixels, so that
+    it moves the same share of the image (2 at 32 is 14 at 224; at 32 unchanged; at least 1 where asked)."""
+    if pixels_at_32 <= 0:
+        return 0
+    return max(1, round(pixels_at_32 * image_side / REFERENCE_SIDE))
+
+
 def random_jitter(
     x: torch.Tensor, *, max_shift: int = 2, flip: bool = True, generator: torch.Generator | None = None
 ) -> torch.Tensor:

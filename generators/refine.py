@@ -18,7 +18,7 @@ from torch import nn
 
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
-from generators.augment import random_jitter, random_resized_crop
+from generators.augment import random_jitter, random_resized_crop, scaled_shift
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder
 from generators.network import normalize
 
@@ -30,7 +30,8 @@ class RefineConfig:
     of the teacher's cross-entropy on the batch's labels; 0 refines toward the BN statistics alone, which
     leaves the teacher about as unsure of refined images as of real ones (the class loss drives every image
     to full confidence, which real images do not have). tv_weight: total-variation prior. max_shift, flip:
-    random jitter before the teacher at every step (as in generator training), so the pixels do not overfit
+    random jitter before the teacher at every step (as in generator training; pixels of a 32-pixel image, scaled
+    with the image side), so the pixels do not overfit
     one view. boundary_share: share of each batch refined toward a soft two-class target, lam * its label +
     (1 - lam) * another class drawn at random, lam ~ U(boundary_min, 1), instead of its label alone (images
     near the teacher's class boundaries; it acts through the class loss, so it needs ce_weight > 0); the
@@ -140,7 +141,8 @@ def optimize_logits(
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         x = torch.sigmoid(logits)
-        jittered = random_jitter(x, max_shift=config.max_shift, flip=config.flip, generator=generator)
+        jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
+                                 generator=generator)
         with BNStatsRecorder(teacher) as rec:
             out = teacher(normalize(jittered, spec.mean, spec.std))
         loss = config.bn_weight * bn_loss(rec.stats)

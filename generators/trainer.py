@@ -22,7 +22,7 @@ from dfq.io import truncate_log
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
-from generators.augment import random_jitter
+from generators.augment import random_jitter, scaled_shift
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss
 from generators.checkpoint import (
     META_FILE,
@@ -72,7 +72,7 @@ class GeneratorTrainConfig:
     class_bn_weight: float = 1.0
     class_bn_layers: int = 3
     tv_weight: float = 0.0
-    max_shift: int = 2  # random-crop jitter in pixels
+    max_shift: int = 2  # random-crop jitter in pixels of a 32-pixel image (scaled with the image side)
     flip: bool = True
     seed: int = 0
     log_every: int = 10
@@ -148,7 +148,7 @@ class GeneratorObjective(nn.Module):
     def losses(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
         """The weighted loss of a drawn batch and its parts as floats."""
         c = self.config
-        jittered = random_jitter(x, max_shift=c.max_shift, flip=c.flip, generator=rng)
+        jittered = random_jitter(x, max_shift=scaled_shift(c.max_shift, x.shape[-1]), flip=c.flip, generator=rng)
         feature_div = c.diversity_weight and c.diversity_space == "feature"
         zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \

@@ -30,7 +30,7 @@ from dfq.quant.calibrate import calibrate
 from dfq.quant.recon_defaults import recon_defaults
 from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
-from generators.augment import with_jittered_copies
+from generators.augment import scaled_shift, with_jittered_copies
 from generators.checkpoint import check_generator_spec, load_generator, read_generator_meta
 from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import Distiller, DistillConfig
@@ -298,7 +298,8 @@ def _calibrate_and_reconstruct(c: PipelineConfig, source, teacher, spec, student
     else:
         recon_set, more, more_reused = images(c.recon_images or 1024, c.seed + 1)
         data = {"image_seconds": seconds + more, "images_reused": reused and more_reused}
-    recon_set = with_jittered_copies(recon_set, options.augment, seed=c.seed + 2)
+    recon_set = with_jittered_copies(recon_set, options.augment, max_shift=scaled_shift(4, spec.image_size),
+                                     seed=c.seed + 2)
     recon = dataclasses.replace(c.recon, last_block=options.last_block, seed=c.seed)
     return {"reconstruct": reconstruct(student, teacher, recon_set, recon, progress=c.progress)}, data
 

@@ -56,3 +56,10 @@ def test_random_resized_crops_are_seeded_and_vary_per_image():
     assert a.min() >= images.min() - 1e-6 and a.max() <= images.max() + 1e-6  # bilinear: no new extremes
     with pytest.raises(ValueError, match="crop scale must satisfy 0 < low <= high <= 1"):
         random_resized_crop(images, scale=(0.0, 1.0))
+
+
+def test_jitter_scales_with_the_image_side():
+    from generators.augment import scaled_shift
+
+    assert [scaled_shift(2, s) for s in (32, 64, 224, 8)] == [2, 4, 14, 1]
+    assert scaled_shift(4, 224) == 28 and scaled_shift(0, 224) == 0
