@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq import distributed
 from dfq.modes import restored
 
 
@@ -58,7 +59,9 @@ def evaluate(
     agreement between the two, on the same images in the same pass.
 
     Both models are put in eval mode for the pass and returned to their previous mode after it. Inputs go
-    to the device of the model's parameters.
+    to the device of the model's parameters. Where several processes evaluate together (`dfq.distributed`),
+    each passes its own shard of the images (`build_eval_loader` shards them) and every process returns the
+    figures of all of them.
 
     Raises:
         ValueError: the batches are empty.
@@ -85,6 +88,10 @@ def evaluate(
             bar.update(labels.numel())
             bar.set_postfix(top1=f"{100 * top1 / n:.2f}")
         bar.close()
+    if distributed.is_distributed():  # each process evaluated its shard: the counts of all images are the sums
+        counts = distributed.all_reduce(torch.tensor([n, top1, top5, t_top1, t_top5, agree], dtype=torch.long,
+                                                     device=device), "sum")
+        n, top1, top5, t_top1, t_top5, agree = counts.tolist()
     if n == 0:
         raise ValueError("no images to evaluate: the batches were empty")
     seconds = time.perf_counter() - start

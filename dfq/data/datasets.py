@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from dfq import distributed
 from dfq.models.spec import InputSpec
 
 IMAGE_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
@@ -161,7 +162,8 @@ def build_eval_loader(
     train: bool = False,
 ) -> DataLoader:
     """A deterministic evaluation loader over `load_dataset(path, spec)`: the images of `split` (see
-    `split_indices`), of which `limit` keeps a class-balanced subset (see `stratified_indices`).
+    `split_indices`), of which `limit` keeps a class-balanced subset (see `stratified_indices`); where several
+    processes run together (`dfq.distributed`), this process's shard of them (`evaluate` sums the counts).
 
     Raises:
         The errors of `load_dataset`, and ValueError for a non-positive batch size or limit or an unknown split.
@@ -178,6 +180,7 @@ def build_eval_loader(
     if not indices:
         raise ValueError(f"the {split!r} half of {str(path)!r} holds no images (it has {len(ds)} in all); use "
                          "--split all or a larger folder")
+    indices = distributed.shard_indices(indices)  # this process's share where several evaluate together
     if len(indices) < len(ds):
         ds = Subset(ds, indices)
     return DataLoader(

@@ -28,7 +28,8 @@ def _input_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
 @contextlib.contextmanager
 def calibration_mode(model: nn.Module, *, load_ranges: bool = True):
     """Within the block the model is in eval mode and its input quantizers pass data through while their
-    observers collect ranges; on a clean exit the observed ranges are loaded into the quantizers. On
+    observers collect ranges; on a clean exit the observed ranges are merged across processes where several
+    calibrate together (`dfq.distributed`) and loaded into the quantizers. On
     any exit the model's train/eval modes and the quantizers' flags are restored and observers reset.
 
     Raises:
@@ -46,6 +47,8 @@ def calibration_mode(model: nn.Module, *, load_ranges: bool = True):
                 q.calibrating, q.enabled = True, True
             yield model
             if load_ranges:
+                for q in {id(q): q for q in targets.values()}.values():  # a shared quantizer merges once
+                    q.observer.sync()  # every process's data (dfq.distributed); nothing in one process
                 for name, q in targets.items():
                     q.calibrating = False
                     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dfq import distributed
 from dfq.quant.primitives import dequantize, qparams_from_range, quantize, reduce_range
 
 
@@ -44,6 +45,10 @@ class Observer:
     def reset(self) -> None:
         raise NotImplementedError
 
+    def sync(self) -> None:
+        """Merge what every process collected (`dfq.distributed`), so that all compute the same range; nothing
+        in a single process."""
+
     def _not_ready(self) -> RuntimeError:
         return RuntimeError(f"{type(self).__name__}.compute() called before any tensor was collected")
 
@@ -72,6 +77,15 @@ class MinMaxObserver(Observer):
             raise self._not_ready()
         return self.min_val, self.max_val
 
+    def sync(self) -> None:
+        """The minimum and maximum over every process's values (all-reduce MIN and MAX): exactly one process's
+        range over all the images."""
+        if not distributed.is_distributed():
+            return
+        if self.min_val is None:
+            raise self._not_ready()
+        self.min_val, self.max_val = distributed.all_reduce(self.min_val, "min"), distributed.all_reduce(self.max_val, "max")
+
 
 class MovingAverageMinMaxObserver(MinMaxObserver):
     """An exponential moving average of each batch's min and max: the first batch sets the average, then
@@ -91,6 +105,17 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         else:
             self.min_val = self.min_val + self.momentum * (lo - self.min_val)
             self.max_val = self.max_val + self.momentum * (hi - self.max_val)
+
+    def sync(self) -> None:
+        """The mean of the processes' averages (an average over batches seen in another order: close to, not
+        equal to, one process's)."""
+        if not distributed.is_distributed():
+            return
+        if self.min_val is None:
+            raise self._not_ready()
+        n = distributed.world_size()
+        self.min_val = distributed.all_reduce(self.min_val, "sum") / n
+        self.max_val = distributed.all_reduce(self.max_val, "sum") / n
 
 
 def _on(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
@@ -152,6 +177,27 @@ class _SampleObserver(Observer):
         if self._sample is None:
             raise self._not_ready()
         return self._sample  # (C, K)
+
+    def sync(self) -> None:
+        """Every process's sample gathered and merged into one uniform sample of all values seen: all of them
+        while they fit in max_samples, else from each process a share in proportion to the values it saw (the
+        same seeded draw on every process, so all keep the same sample)."""
+        if not distributed.is_distributed():
+            return
+        if self._sample is None:
+            raise self._not_ready()
+        seen = distributed.all_gather_cat(torch.tensor([self._seen], device=self._sample.device)).tolist()
+        kept = distributed.all_gather_cat(torch.tensor([self._sample.shape[1]], device=self._sample.device)).tolist()
+        merged = distributed.all_gather_cat(self._sample, dim=1)
+        total = sum(seen)
+        keep = min(self.max_samples, total)
+        if keep < merged.shape[1]:
+            rng = np.random.default_rng(self.seed + 1)
+            shares = rng.multivariate_hypergeometric(seen, keep)  # how many of `keep` each process stands for
+            starts = np.cumsum([0] + kept[:-1])
+            idx = np.concatenate([start + rng.permutation(k)[:share] for start, k, share in zip(starts, kept, shares)])
+            merged = merged[:, _on(merged, idx)]
+        self._sample, self._seen = merged, total
 
     def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
         return t[0] if self.spec.axis is None else t

@@ -1,0 +1,149 @@
+"""Two processes (gloo, on the CPU) against one: the global-batch BN loss, calibration ranges and evaluation
+counts must equal the single-process ones on the same images."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dfq import distributed
+from dfq.data import build_eval_loader
+from dfq.evaluate import evaluate
+from dfq.quant import QuantConfig, calibrate, quantize_model
+from dfq.quant.calibrate import quantizers
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss, distributed_sum_reducer
+from generators.network import normalize
+from tests.generators.helpers import TINY_SPEC, tiny_teacher
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n=16, seed=1):
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _bn_loss(images, reducer=None):
+    teacher = tiny_teacher()
+    x = images.clone().requires_grad_(True)
+    with BNStatsRecorder(teacher, reduce_sums=reducer) as rec:
+        teacher(normalize(x, TINY_SPEC.mean, TINY_SPEC.std))
+    loss = bn_kl_loss(rec.stats)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def _ranges(model):
+    return {name: tuple(t.clone() for t in q.range()) for name, q in quantizers(model) if "input" in name}
+
+
+def _calibrated(observer, batches):
+    model = quantize_model(tiny_teacher(), QuantConfig(w_bits=4, a_bits=4, protocol="paper", act_observer=observer))
+    calibrate(model, batches)
+    return _ranges(model)
+
+
+def _eval_model():
+    from dfq.models import CifarResNet
+
+    torch.manual_seed(0)  # the same weights in every process
+    return CifarResNet(20).eval()
+
+
+def _worker(rank, port, out_dir, data_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        images = _images()
+        share = images[rank::WORLD]  # this process's half of the global batch
+        loss, grad = _bn_loss(share, distributed_sum_reducer())
+        result = {"loss": loss, "grad": grad, "world": distributed.world_size()}
+        batches = [x[rank::WORLD] for x in images.split(8)]
+        result["ranges"] = {obs: _calibrated(obs, batches) for obs in ("minmax", "mse", "percentile")}
+        from dfq.quant.observers import PercentileObserver, QuantSpec
+
+        small = PercentileObserver(QuantSpec(8), max_samples=50)
+        small.collect(rank * 1000 + torch.arange(120.0 if rank == 0 else 360.0))  # one process saw 3x more
+        small.sync()
+        result["merged"] = (small.samples().clone(), small._seen)
+        if data_dir:
+            spec = TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "image_size": 32, "num_classes": 10})
+            model = _eval_model()
+            loader = build_eval_loader(data_dir, spec, batch_size=16, limit=40, num_workers=0)
+            result["shard"] = len(loader.dataset)
+            result["eval"] = evaluate(model, loader, teacher=model, progress=False).to_dict()
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, cifar_test_dir):
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(_free_port(), str(out), str(cifar_test_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_the_distributed_bn_loss_is_the_global_batch_loss(two_processes):
+    images = _images()
+    single_loss, single_grad = _bn_loss(images)
+    for rank, result in enumerate(two_processes):
+        assert result["world"] == WORLD
+        assert torch.allclose(result["loss"], single_loss, rtol=0, atol=1e-5)
+        # each process's images get WORLD times their share of the global loss's gradient: the all-reduce's
+        # backward sums the same upstream gradient from every process, and data-parallel averaging divides
+        # the parameter gradients by WORLD again
+        assert torch.allclose(result["grad"], WORLD * single_grad[rank::WORLD], atol=1e-6)
+
+
+@pytest.mark.parametrize("observer, exact", [("minmax", True), ("mse", False), ("percentile", False)])
+def test_calibration_ranges_equal_one_process_on_all_images(two_processes, observer, exact):
+    single = _calibrated(observer, _images().split(8))
+    for result in two_processes:
+        ranges = result["ranges"][observer]
+        assert ranges.keys() == single.keys()
+        for name, (lo, hi) in single.items():
+            if exact:
+                assert torch.equal(ranges[name][0], lo) and torch.equal(ranges[name][1], hi), name
+            else:  # the same values in another order: float sums differ in the last bits
+                assert torch.allclose(ranges[name][0], lo, atol=1e-5) and torch.allclose(ranges[name][1], hi, atol=1e-5)
+
+
+def test_sampled_observers_merge_into_one_uniform_sample(two_processes):
+    (a, seen_a), (b, seen_b) = (r["merged"] for r in two_processes)
+    assert torch.equal(a, b) and a.shape == (1, 50) and seen_a == seen_b == 480
+    values = a[0]
+    from_first = int((values < 1000).sum())
+    assert 5 <= from_first <= 22  # a quarter of the values seen (12.5 expected), not half
+    # every value one of those seen (a process's own sample draws a large batch with replacement: repeats allowed)
+    assert ((values < 120) | ((values >= 1000) & (values < 1360))).all()
+
+
+def test_evaluation_of_shards_equals_one_process(two_processes, cifar_test_dir):
+    spec = TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "image_size": 32, "num_classes": 10})
+    model = _eval_model()
+    single = evaluate(model, build_eval_loader(cifar_test_dir, spec, batch_size=16, limit=40, num_workers=0),
+                      teacher=model, progress=False).to_dict()
+    assert [r["shard"] for r in two_processes] == [20, 20]
+    for result in two_processes:
+        got = result["eval"]
+        assert got["num_images"] == 40
+        assert {k: got[k] for k in ("top1", "top5", "agreement")} == {k: single[k] for k in ("top1", "top5", "agreement")}
+
+
+def test_one_process_is_the_identity():
+    assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.rank() == 0
+    t = torch.arange(5.0)
+    assert torch.equal(distributed.all_reduce(t, "max"), t) and distributed.all_gather_cat(t) is t
+    assert distributed.shard_indices([3, 4, 5]) == [3, 4, 5]
+    with pytest.raises(ValueError, match="unknown reduction"):
+        distributed.all_reduce(t, "mean")
