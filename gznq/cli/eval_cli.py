@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from dfq import distributed
 from dfq.data import SPLITS, build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.models import SpecOverrides, create_teacher
@@ -26,6 +27,7 @@ from gznq.cli.common import (
     tune_allocator,
     write_json_atomic,
 )
+from gznq.cli.launch import start_processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +157,9 @@ def run(args: argparse.Namespace) -> dict:
         check_writable_file(args.json_out)
     if args.generator and args.onnx:
         raise ValueError("give --generator or --onnx, not both")
+    if distributed.is_distributed() and (args.generator or args.onnx):
+        raise ValueError("under several processes eval.py evaluates a teacher or a student; run --generator and "
+                         "--onnx reports as one process")
     if args.generator:
         return run_generator_report(args)
     if args.onnx:
@@ -170,9 +175,11 @@ def run(args: argparse.Namespace) -> dict:
     columns = [("model", "model"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
     if teacher is not None:
         columns += [("teacher_top1", "teacher %"), ("drop", "drop"), ("agreement", "agree %")]
-    print(format_table([payload], columns + [("seconds", "seconds")]))
-    if args.json_out:
-        write_json_atomic(args.json_out, payload)
+    if distributed.is_main_process():  # every process holds the same figures; one prints and writes them
+        payload["processes"] = distributed.world_size()
+        print(format_table([payload], columns + [("seconds", "seconds")]))
+        if args.json_out:
+            write_json_atomic(args.json_out, payload)
     return payload
 
 
@@ -180,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
     try:
+        device = start_processes()  # under `accelerate launch`: each process evaluates its shard of the images
+        if device is not None:
+            args.device = device
+            args.no_progress = args.no_progress or not distributed.is_main_process()
         run(args)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         print(f"gznq-eval: error: {error_message(exc)}", file=sys.stderr)
