@@ -34,6 +34,12 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def barrier() -> None:
+    """Wait for every process (nothing in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """A reduced copy of `tensor` over every process ("sum", "min" or "max"); `tensor` itself is unchanged."""
     if op not in _OPS:

@@ -21,19 +21,27 @@ def scaled_shift(pixels_at_32: int, image_side: int) -> int:
 
 
 def random_jitter(
-    x: torch.Tensor, *, max_shift: int = 2, flip: bool = True, generator: torch.Generator | None = None
+    x: torch.Tensor, *, max_shift: int = 2, flip: bool = True, generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None, batch: int | None = None,
 ) -> torch.Tensor:
     """Shift each image by up to `max_shift` pixels in each direction (reflect-padded, like a random crop
-    of a padded image) and flip half of them horizontally. Gradients flow to `x`."""
+    of a padded image) and flip half of them horizontally. Gradients flow to `x`. With `rows` (and `batch`),
+    `x` holds those rows of a batch of `batch` images: the random draws are those of the whole batch, so
+    that data-parallel processes jitter their shares as one process jitters all of it."""
     b, c, h, w = x.shape
+    drawn = b if rows is None else batch
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t[..., rows.cpu()]
+
     if flip:
-        flips = torch.rand(b, generator=generator, device="cpu").to(x.device) < 0.5
+        flips = mine(torch.rand(drawn, generator=generator, device="cpu")).to(x.device) < 0.5
         x = torch.where(flips[:, None, None, None], x.flip(3), x)
     if max_shift <= 0:
         return x
     p = max_shift
     padded = F.pad(x, (p, p, p, p), mode="reflect")  # (B, C, H+2p, W+2p)
-    oy, ox = (torch.randint(0, 2 * p + 1, (2, b), generator=generator, device="cpu").to(x.device))
+    oy, ox = mine(torch.randint(0, 2 * p + 1, (2, drawn), generator=generator, device="cpu")).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * p)
     padded = padded.gather(2, rows)  # (B, C, H, W+2p)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)

@@ -7,6 +7,7 @@ mean and variance) compare them with the running ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,12 @@ def distributed_sum_reducer() -> SumReducer:
     global statistics flow back to every rank's images)."""
     from torch.distributed.nn.functional import all_reduce
 
-    return lambda tensors: [all_reduce(t) for t in tensors]
+    def reduce(tensors):
+        with warnings.catch_warnings():  # torch 2.9+ points to a private replacement; this one stays supported
+            warnings.simplefilter("ignore", FutureWarning)
+            return [all_reduce(t) for t in tensors]
+
+    return reduce
 
 
 @dataclass
@@ -160,33 +166,42 @@ def bn_l2_loss(stats: Sequence[BatchStats], layer_weights: Sequence[float] | Non
 BN_LOSSES = {"kl": bn_kl_loss, "l2": bn_l2_loss}
 
 
-def class_bn_kl_loss(stats: Sequence[BatchStats], labels: torch.Tensor, min_count: int = 2) -> torch.Tensor:
+def class_bn_kl_loss(stats: Sequence[BatchStats], labels: torch.Tensor, min_count: int = 2, *,
+                     num_classes: int | None = None, reduce_sums: SumReducer | None = None) -> torch.Tensor:
     """Per-class view of the BN statistics: for each layer's recorded statistics, the images of each class
     alone (at least `min_count` of them) must have the layer's running mean and variance, by the same
     Gaussian KL as `bn_kl_loss`, averaged over channels, classes and layers. Meant for the first layers
     (`stats[:k]`), whose statistics (edges, colours) hardly depend on the class: a class whose images all look
     alike has a small variance there, which the whole-batch statistics hide as long as the classes differ
-    from each other. Built from the per-image sums the recorder keeps, so under data parallelism each
-    process judges its own images.
+    from each other. Built from the per-image sums the recorder keeps; with `reduce_sums` (data parallelism:
+    the same reducer as the recorder's) the per-class sums and counts of every process are added first, so
+    that each class is judged on all its images.
 
     Args:
         stats: recorded by `BNStatsRecorder` for a batch.
         labels: (B,) class of each image of that batch.
+        num_classes: classes to sum over (default: the largest label + 1; give it under data parallelism, where
+            a process may not see the largest label).
     """
     if not stats:
         raise ValueError("no BatchNorm statistics were recorded; run a forward pass inside the recorder")
-    classes, index, counts = labels.unique(return_inverse=True, return_counts=True)
+    k = num_classes if num_classes is not None else int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=k).to(stats[0].image_sums.dtype)
+    if reduce_sums is not None:
+        (counts,) = reduce_sums([counts])
     keep = counts >= min_count
     if not keep.any():
         raise ValueError(f"no class has {min_count} images in the batch; the per-class BN loss needs them")
     total = stats[0].mean.new_zeros(())
     for st in stats:
-        k, c = len(classes), st.image_sums.shape[1]
-        s1 = st.image_sums.new_zeros(k, c).index_add(0, index, st.image_sums)
-        s2 = st.image_sums.new_zeros(k, c).index_add(0, index, st.image_sq_sums)
-        n = (counts * st.positions).to(s1.dtype)[:, None]
+        c = st.image_sums.shape[1]
+        s1 = st.image_sums.new_zeros(k, c).index_add(0, labels, st.image_sums)
+        s2 = st.image_sums.new_zeros(k, c).index_add(0, labels, st.image_sq_sums)
+        if reduce_sums is not None:
+            s1, s2 = reduce_sums([s1, s2])
+        n = (counts * st.positions).clamp_min(1)[:, None]
         mean = s1 / n
         var = (s2 / n - mean * mean).clamp_min(0)
-        kl = gaussian_kl(mean, var, st.running_mean[None], st.running_var[None])  # (K, C)
-        total = total + kl[keep].mean()
+        kl = gaussian_kl(mean[keep], var[keep], st.running_mean[None], st.running_var[None])  # (K kept, C)
+        total = total + kl.mean()
     return total / len(stats)

@@ -158,14 +158,20 @@ class ConditionalGenerator(nn.Module):
         return mu, logvar
 
     def forward(
-        self, z: torch.Tensor, y: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
+        self, z: torch.Tensor, y: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images in [0, 1]; `sample=False` returns the mean image sigmoid(mu) instead of a sample.
-        `generator` seeds the pixel noise (reproducible streams)."""
+        `generator` seeds the pixel noise (reproducible streams). `rows`: make only these rows of the batch
+        (z, y), drawing the pixel noise of the whole batch all the same, as data-parallel processes that share
+        one global batch do (`generators.parallel`)."""
+        batch = len(z)
+        if rows is not None:
+            z, y = z[rows], y[rows]
         mu, logvar = self.distribution(z, y)
         if sample:
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            mu = mu + torch.exp(0.5 * logvar) * eps
+            eps = torch.randn((batch, *mu.shape[1:]), generator=generator, device=mu.device, dtype=mu.dtype)
+            mu = mu + torch.exp(0.5 * logvar) * (eps if rows is None else eps[rows])
         return torch.sigmoid(mu)
 
     def sample_latent(self, n: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq import distributed
 from dfq.io import truncate_log
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
 from generators.augment import random_jitter, scaled_shift
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss, distributed_sum_reducer
 from generators.checkpoint import (
     META_FILE,
     load_generator,
@@ -35,6 +36,7 @@ from generators.checkpoint import (
 from generators.grid import save_class_grid
 from generators.losses import mode_seeking_loss, total_variation
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.parallel import average_gradients, local_rows, synced_batchnorm
 from generators.posterior import LatentPosterior, latent_nll
 from generators.quality import capture_penultimate
 
@@ -124,9 +126,14 @@ class GeneratorObjective(nn.Module):
     (total loss, dict of float parts). Kept separate from the loop so distillation can reuse it."""
 
     def __init__(self, teacher: nn.Module, spec: InputSpec, config: GeneratorTrainConfig, *,
-                 reduce_sums: SumReducer | None = None, latent_dim: int | None = None) -> None:
+                 reduce_sums: SumReducer | None = None, latent_dim: int | None = None, parallel: bool = False) -> None:
+        """parallel: this process is one of several (`dfq.distributed`) that share each global batch of
+        `config.batch_size` images (`generators.parallel`); the BN sums are then reduced across them."""
         super().__init__()
         self.teacher, self.spec, self.config = teacher, spec, config
+        self.parallel = parallel
+        if parallel and reduce_sums is None:
+            reduce_sums = distributed_sum_reducer()
         self.reduce_sums = reduce_sums
         self.bn_loss = BN_LOSSES[config.bn_loss]
         self.posterior = None  # trained with the generator: its parameters are this module's
@@ -135,20 +142,28 @@ class GeneratorObjective(nn.Module):
                 raise ValueError("info_weight > 0 needs latent_dim, the generator's latent size")
             self.posterior = LatentPosterior(latent_dim, spec.channels, config.info_size)
 
-    def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int | None = None):
-        """(images in [0, 1], labels, latents) with pairs sharing labels: rows i and i + B/2."""
+    def draw(self, generator: ConditionalGenerator, rng: torch.Generator, batch_size: int | None = None,
+             rows: torch.Tensor | None = None):
+        """(images in [0, 1], labels, latents) with pairs sharing labels: rows i and i + B/2. With `rows`, only
+        those rows of the batch (every draw made for the whole batch)."""
         device = next(generator.parameters()).device
         half = (batch_size or self.config.batch_size) // 2
         y = balanced_labels(half, generator.config.num_classes, rng).repeat(2)
         z = torch.randn(2 * half, generator.config.latent_dim, generator=rng)
         y, z = y.to(device), z.to(device)
-        x = generator(z, y, generator=rng if device.type == "cpu" else None)
+        x = generator(z, y, generator=rng if device.type == "cpu" else None,
+                      rows=None if rows is None else rows.to(device))
+        if rows is not None:
+            y, z = y[rows.to(device)], z[rows.to(device)]
         return x, y, z
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """The weighted loss of a drawn batch and its parts as floats."""
+    def losses(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rng: torch.Generator, *,
+               rows: torch.Tensor | None = None, batch: int | None = None) -> tuple[torch.Tensor, dict]:
+        """The weighted loss of a drawn batch (with `rows`: this process's rows of a batch of `batch`) and its
+        parts as floats (this process's)."""
         c = self.config
-        jittered = random_jitter(x, max_shift=scaled_shift(c.max_shift, x.shape[-1]), flip=c.flip, generator=rng)
+        jittered = random_jitter(x, max_shift=scaled_shift(c.max_shift, x.shape[-1]), flip=c.flip, generator=rng,
+                                 rows=rows, batch=batch)
         feature_div = c.diversity_weight and c.diversity_space == "feature"
         zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
@@ -156,7 +171,8 @@ class GeneratorObjective(nn.Module):
             logits = self.teacher(normalize(jittered, self.spec.mean, self.spec.std))
         ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
         bn = self.bn_loss(rec.stats)
-        class_bn = class_bn_kl_loss(rec.stats[:c.class_bn_layers], y) if c.class_bn_weight else zero
+        class_bn = class_bn_kl_loss(rec.stats[:c.class_bn_layers], y, num_classes=self.spec.num_classes,
+                                    reduce_sums=self.reduce_sums) if c.class_bn_weight else zero
         info = latent_nll(*self.posterior(x), z) if self.posterior is not None else zero
         div = zero
         if c.diversity_weight:
@@ -173,8 +189,14 @@ class GeneratorObjective(nn.Module):
         return total, parts
 
     def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
-        x, y, z = self.draw(generator, rng)
-        return self.losses(x, y, z, rng)
+        if not self.parallel:
+            x, y, z = self.draw(generator, rng)
+            return self.losses(x, y, z, rng)
+        batch = self.config.batch_size
+        rows = local_rows(batch, distributed.rank(), distributed.world_size())
+        with synced_batchnorm(generator, self.reduce_sums):
+            x, y, z = self.draw(generator, rng, rows=rows)
+        return self.losses(x, y, z, rng, rows=rows, batch=batch)
 
 
 def train_generator(
@@ -234,9 +256,16 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
                                                                            image_size=spec.image_size))
         generator.to(device)
         state = None
+    parallel = distributed.is_distributed()  # several processes share each batch (generators.parallel)
+    if parallel:
+        local_rows(config.batch_size, 0, distributed.world_size())  # refuses a batch that does not split
+        distributed.barrier()  # every process has checked `out` before the main one writes into it
+    main = distributed.is_main_process()
+    progress = progress and main
     with torch.random.fork_rng(devices=[]):  # the posterior's initial weights from the run's seed too
         torch.manual_seed(config.seed + 1)
-        objective = GeneratorObjective(teacher, spec, config, latent_dim=generator.config.latent_dim).to(device)
+        objective = GeneratorObjective(teacher, spec, config, latent_dim=generator.config.latent_dim,
+                                       parallel=parallel).to(device)
     if state is not None and objective.posterior is not None:
         prefix = "posterior."
         objective.posterior.load_state_dict({k[len(prefix):]: v for k, v in state["objective"].items()
@@ -254,6 +283,8 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
         step, elapsed = state["step"], state["elapsed"]
 
     def checkpoint() -> None:
+        if not main:  # one process writes; the state is the same in every process
+            return
         record = {"step": step, "seconds": elapsed, "train_config": config.to_dict()}
         posterior = objective.posterior.state_dict() if objective.posterior is not None else {}
         save_train_state(out, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.get_state(),
@@ -263,34 +294,39 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
                        spec=dataclasses.asdict(spec), record=record)
 
     log_path = out / "losses.csv"
-    out.mkdir(parents=True, exist_ok=True)
     fields = ["step", "loss", "ce", "bn", "class_bn", "info", "div", "tv", "acc", "lr", "seconds"]
-    if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again
-        truncate_log(log_path, step, fields)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again
+            truncate_log(log_path, step, fields)
     bar = tqdm(total=config.steps, initial=step, desc="generator", disable=not progress)
     try:
-        with open(log_path, "a", newline="") as log_file:
-            writer = csv.DictWriter(log_file, fieldnames=fields)
-            if log_file.tell() == 0:
+        with open(log_path, "a", newline="") if main else contextlib.nullcontext() as log_file:
+            writer = csv.DictWriter(log_file, fieldnames=fields) if main else None
+            if main and log_file.tell() == 0:
                 writer.writeheader()
             while step < config.steps:
                 start = time.perf_counter()
                 loss, parts = objective(generator, rng)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(trained)  # several processes: the global batch's gradient
                 opt.step()
                 sched.step()
                 step += 1
                 elapsed += time.perf_counter() - start
                 bar.update(1)
-                if step % config.log_every == 0 or step == config.steps:
+                if parallel:  # logged: the mean over processes of their shares' losses
+                    parts = dict(zip(parts, (distributed.all_reduce(torch.tensor(list(parts.values())), "sum")
+                                             / distributed.world_size()).tolist()))
+                if main and (step % config.log_every == 0 or step == config.steps):
                     writer.writerow({"step": step, **{k: round(v, 6) for k, v in parts.items()},
                                      "lr": sched.get_last_lr()[0], "seconds": round(elapsed, 2)})
                     log_file.flush()
                     bar.set_postfix(ce=f"{parts['ce']:.3f}", bn=f"{parts['bn']:.3f}", acc=f"{parts['acc']:.2f}")
                 if step % config.save_every == 0 or step == config.steps:
                     checkpoint()
-                if step % config.grid_every == 0 or step == config.steps:
+                if main and (step % config.grid_every == 0 or step == config.steps):
                     save_class_grid(generator, out / f"samples_{step:06d}.png")
                     save_class_grid(generator, out / "samples.png")
     except KeyboardInterrupt:
@@ -299,6 +335,8 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
         print(f"\ninterrupted at step {step}; checkpoint saved to {out} (continue with --resume)")
         raise
     bar.close()
-    plot_log(log_path, out / "losses.png", title=f"generator for {teacher_name}")
+    if main:
+        plot_log(log_path, out / "losses.png", title=f"generator for {teacher_name}")
+    distributed.barrier()  # the files are complete before any process goes on to read them
     return generator.eval()
 

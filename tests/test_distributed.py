@@ -86,6 +86,58 @@ def _worker(rank, port, out_dir, data_dir):
         dist.destroy_process_group()
 
 
+GEN_CONFIG = dict(num_classes=4, image_size=8, base_size=4, width=16, latent_dim=8, embed_dim=8)
+
+
+def _train_tiny_generator(out, steps=2):
+    from generators import GeneratorConfig, GeneratorTrainConfig, train_generator
+
+    config = GeneratorTrainConfig(steps=steps, batch_size=8, info_weight=1.0, info_size=4, log_every=1)
+    return train_generator(tiny_teacher(), TINY_SPEC, out, teacher_name="tiny", gen_config=GeneratorConfig(**GEN_CONFIG),
+                           config=config, progress=False)
+
+
+def _generator_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        generator = _train_tiny_generator(os.path.join(out_dir, "gen"))
+        torch.save(generator.state_dict(), os.path.join(out_dir, f"gen_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_generator_steps_leave_the_single_process_weights(tmp_path):
+    mp.spawn(_generator_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    single = _train_tiny_generator(tmp_path / "single").state_dict()
+    saved = (tmp_path / "gen" / "generator.safetensors", tmp_path / "gen" / "losses.csv")
+    assert all(p.is_file() for p in saved)  # written once, by the main process
+    from generators.checkpoint import load_generator
+
+    on_disk = load_generator(tmp_path / "gen")[0].state_dict()
+    for rank in range(WORLD):
+        weights = torch.load(tmp_path / f"gen_rank{rank}.pt", weights_only=True)
+        for key, value in single.items():
+            assert torch.allclose(weights[key].float(), value.float(), atol=1e-5), (rank, key)
+            assert torch.allclose(on_disk[key].float(), value.float(), atol=1e-5), key
+    # the logged losses are the global batch's
+    rows = [line.split(",") for line in (tmp_path / "gen" / "losses.csv").read_text().splitlines()]
+    single_rows = [line.split(",") for line in (tmp_path / "single" / "losses.csv").read_text().splitlines()]
+    head = rows[0]
+    for name in ("loss", "bn", "class_bn", "ce"):
+        i = head.index(name)
+        assert abs(float(rows[-1][i]) - float(single_rows[-1][i])) < 1e-4, name
+
+
+def test_a_batch_that_does_not_split_is_refused():
+    from generators.parallel import local_rows
+
+    assert local_rows(8, 1, 2).tolist() == [2, 3, 6, 7]
+    with pytest.raises(ValueError, match="divisible by 4"):
+        local_rows(10, 0, 2)
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, cifar_test_dir):
     out = tmp_path_factory.mktemp("dist")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from dfq import distributed
 from dfq.io import write_json_atomic
 from dfq.models import SpecOverrides, create_teacher
 from generators.bn_stats import BN_LOSSES
@@ -124,7 +125,8 @@ def run_generator(args: argparse.Namespace) -> None:
                                  latent_dim=args.latent_dim, channels=spec.channels)
     train_generator(teacher, spec, args.out, teacher_name=args.model, gen_config=gen_config, config=config,
                     resume=args.resume, steps=args.steps if args.resume else None, progress=not args.no_progress)
-    print(f"generator written to {args.out} (samples.png, losses.csv, losses.png)")
+    if distributed.is_main_process():
+        print(f"generator written to {args.out} (samples.png, losses.csv, losses.png)")
 
 
 def run_sample(args: argparse.Namespace) -> None:

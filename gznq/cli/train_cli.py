@@ -14,6 +14,7 @@ import sys
 
 from gznq.cli import export_cmd, generator_cmd, quantize_cmd
 from gznq.cli.common import error_message, tune_allocator
+from gznq.cli.launch import start_processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run as several processes under `accelerate launch` / torchrun (the others refuse to).
+PARALLEL_COMMANDS = ("generator",)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
     try:
+        device = start_processes()
+        if device is not None:
+            if args.command not in PARALLEL_COMMANDS:
+                raise ValueError(f"`{args.command}` runs as one process; under accelerate launch only "
+                                 f"{', '.join(PARALLEL_COMMANDS)} runs as several")
+            args.device = device
         args.func(args)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:  # OSError: FileNotFoundError, FileExistsError, ...
         print(f"gznq-train {args.command}: error: {error_message(exc)}", file=sys.stderr)
