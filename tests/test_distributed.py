@@ -89,12 +89,12 @@ def _worker(rank, port, out_dir, data_dir):
 GEN_CONFIG = dict(num_classes=4, image_size=8, base_size=4, width=16, latent_dim=8, embed_dim=8)
 
 
-def _train_tiny_generator(out, steps=2):
+def _train_tiny_generator(out, steps=2, resume=False):
     from generators import GeneratorConfig, GeneratorTrainConfig, train_generator
 
     config = GeneratorTrainConfig(steps=steps, batch_size=8, info_weight=1.0, info_size=4, log_every=1)
     return train_generator(tiny_teacher(), TINY_SPEC, out, teacher_name="tiny", gen_config=GeneratorConfig(**GEN_CONFIG),
-                           config=config, progress=False)
+                           config=config, progress=False, resume=resume, steps=steps if resume else None)
 
 
 def _generator_worker(rank, port, out_dir):
@@ -104,11 +104,15 @@ def _generator_worker(rank, port, out_dir):
         torch.set_num_threads(1)
         generator = _train_tiny_generator(os.path.join(out_dir, "gen"))
         torch.save(generator.state_dict(), os.path.join(out_dir, f"gen_rank{rank}.pt"))
+        # a run started by one process, continued by two
+        generator = _train_tiny_generator(os.path.join(out_dir, "started_alone"), steps=2, resume=True)
+        torch.save(generator.state_dict(), os.path.join(out_dir, f"resumed_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_distributed_generator_steps_leave_the_single_process_weights(tmp_path):
+    _train_tiny_generator(tmp_path / "started_alone", steps=1)
     mp.spawn(_generator_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     single = _train_tiny_generator(tmp_path / "single").state_dict()
     saved = (tmp_path / "gen" / "generator.safetensors", tmp_path / "gen" / "losses.csv")
@@ -121,6 +125,9 @@ def test_distributed_generator_steps_leave_the_single_process_weights(tmp_path):
         for key, value in single.items():
             assert torch.allclose(weights[key].float(), value.float(), atol=1e-5), (rank, key)
             assert torch.allclose(on_disk[key].float(), value.float(), atol=1e-5), key
+    for rank in range(WORLD):  # resumed on another process count: the same run
+        weights = torch.load(tmp_path / f"resumed_rank{rank}.pt", weights_only=True)
+        assert all(torch.allclose(weights[k].float(), v.float(), atol=1e-5) for k, v in single.items())
     # the logged losses are the global batch's
     rows = [line.split(",") for line in (tmp_path / "gen" / "losses.csv").read_text().splitlines()]
     single_rows = [line.split(",") for line in (tmp_path / "single" / "losses.csv").read_text().splitlines()]

@@ -46,6 +46,55 @@ def test_blocks_are_sequence_elements_and_lone_layers():
     assert find_blocks(student) == ["stem", "blocks.0", "blocks.1", "head.2"]
 
 
+class _Unit(nn.Module):  # a conv-BN-ReLU unit kept as attributes
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class _Block(nn.Module):  # two units: a residual block
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = _Unit(c), _Unit(c)
+
+    def forward(self, x):
+        return x + self.b(self.a(x))
+
+
+class _Stage(nn.Module):  # blocks in a ModuleList, held by a plain module
+    def __init__(self, c, n):
+        super().__init__()
+        self.blocks = nn.ModuleList(_Block(c) for _ in range(n))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _Unit(3)
+        self.stages = nn.ModuleList([_Stage(3, 2), _Stage(3, 1)])
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_blocks_are_found_in_any_nesting():
+    student = quantize_model(_Nested().eval(), QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
+    # a stage of several blocks is looked into; a stage of one block is that block; a plain unit is one block
+    assert find_blocks(student) == ["stem", "stages.0.blocks.0", "stages.0.blocks.1", "stages.1", "fc"]
+
+
 def test_adaround_starts_at_the_float_weight_and_ends_on_the_grid():
     _, student, _ = _setup()
     layer = student.blocks[0][0]
