@@ -2,7 +2,9 @@
 # The prepared check for a lent GPU machine (the device tool), in one call:
 #   1. tests/test_cuda.py (each stage on CUDA, agreeing with the CPU);
 #   2. the README main job on the GPU (generator, then refine + calibrate + reconstruct + evaluate), timed;
-#   3. the whole test suite with CUDA present (commands that default to the GPU).
+#   3. ImageNet size: a random-weight tv:resnet18 at 224 through every stage (bench/scale_bench.py), timed;
+#   4. with more than one GPU, the generator trained by 2 processes under accelerate launch (NCCL);
+#   5. the whole test suite with CUDA present (commands that default to the GPU).
 # Nothing here is needed on the development machines or in CI.
 #
 # Usage (from the repository root): bash bench/gpu_check.sh ASSETS_TAR OUT_DIR [BUDGET_SECONDS]
@@ -44,5 +46,13 @@ stage quantize 200 python3 train.py quantize --model cifar10_resnet20 --source g
     --out runs/gpu_student
 cp runs/gpu_student/report.json "$out/quantize_report.json" 2>/dev/null
 cp runs/gpu_generator/samples.png "$out/generator_samples.png" 2>/dev/null
+stage scale_224 90 python3 -m bench.scale_bench --model tv:resnet18 --steps 3 --images 128 --out "$out/scale_resnet18"
+if (($(nvidia-smi -L | wc -l) > 1)); then
+    rm -rf runs/gpu_generator_2p
+    stage two_gpus 60 accelerate launch --multi_gpu --num_processes 2 train.py generator --model cifar10_resnet20 \
+        --steps 100 --out runs/gpu_generator_2p --no-progress
+else
+    echo "== two_gpus: skipped, one GPU"
+fi
 # 16 cores: 7 workers of 2 threads each (all threads per worker oversubscribed the cores 8-fold)
 OMP_NUM_THREADS=2 stage suite 150 python3 -m pytest -q -rs -p no:cacheprovider -n 7 tests --ignore=tests/test_cuda.py

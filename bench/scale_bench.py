@@ -6,8 +6,8 @@ Each stage runs a few steps of its default configuration (batch sizes as shipped
 weights (`--pretrained` loads its published ones where they can be found: the cost does not depend on them):
 generator training, refinement of generated batches, calibration with the MSE observers, block reconstruction
 (memory bounded by `--recon-memory-mb`), distillation with the generator in the loop, evaluation. The peak
-resident memory of the process is read after each stage (it only grows), so each figure is the peak up to and
-including that stage. Writes OUT/results.json and OUT/results.md.
+resident memory of the process (on a GPU: its peak allocated memory) is read after each stage (it only grows),
+so each figure is the peak up to and including that stage. Writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from gznq.sources import image_set, parse_source
 
 
 def peak_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes); on a GPU, the
+    peak of its allocated memory instead."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -48,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="steps timed per stage (generator, refinement, distillation)")
     p.add_argument("--recon-iters", type=int, default=20, help="reconstruction iterations per block")
     p.add_argument("--recon-memory-mb", type=float, default=ReconstructConfig.memory_mb)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -57,6 +61,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     overrides = SpecOverrides(num_classes=args.num_classes)
     teacher, spec = create_teacher(args.model, pretrained=args.pretrained, overrides=overrides)
+    teacher.to(args.device)
     rows = []
 
     def record(stage: str, seconds: float, steps: int, unit: str, batch: int) -> None:
@@ -89,7 +94,7 @@ def main(argv=None) -> None:
            f"iteration of one block ({len(blocks)} blocks)", config.batch_size)
     pooled = [b["block"] for b in blocks if b["pool"] < args.images]
 
-    generator, _ = load_generator(work / "gen")
+    generator, _ = load_generator(work / "gen", device=args.device)
     distill = DistillConfig(steps=args.steps)
     distiller = Distiller(student, teacher, spec, distill, generator=generator)
     start = time.perf_counter()
@@ -105,7 +110,7 @@ def main(argv=None) -> None:
     record("evaluation (student + teacher)", time.perf_counter() - start, args.images, "image", batch)
 
     out = Path(args.out)
-    payload = {"model": args.model, "image_size": spec.image_size, "pretrained": args.pretrained,
+    payload = {"model": args.model, "device": args.device, "image_size": spec.image_size, "pretrained": args.pretrained,
                "images": args.images, "recon_memory_mb": args.recon_memory_mb, "pooled_blocks": pooled,
                "machine": machine(), "threads": torch.get_num_threads(), "rows": rows}
     write_json_atomic(out / "results.json", payload)
