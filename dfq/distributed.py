@@ -6,10 +6,13 @@ library code runs unchanged either way:
 
 - calibration: observers merge their ranges (`all_reduce` MIN / MAX) or their samples (`all_gather_cat`) before
   the ranges are loaded, so every process ends with the ranges of all processes' images;
-- evaluation: each process evaluates its shard (`shard_indices`) and the counts are summed.
+- evaluation: each process evaluates its shard (`shard_indices`) and the counts are summed;
+- training (generator, reconstruction): gradients averaged (`average_gradients`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -50,6 +53,22 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return out
 
 
+def _collective_device() -> torch.device:
+    """Where a small tensor must live for the group's backend (NCCL reduces GPU tensors only)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_true(flag: bool) -> bool:
+    """Whether `flag` holds in every process (so that all of them raise, or none, instead of some waiting)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Every process's `tensor` concatenated along `dim`, in rank order; their sizes along `dim` may differ."""
     if not is_distributed():
@@ -71,3 +90,19 @@ def shard_indices(indices: list[int]) -> list[int]:
     """This process's share of `indices` (every world_size-th, from its rank): disjoint shards that together
     hold each index once, so that summed counts equal one process's over all of them."""
     return list(indices[rank()::world_size()])
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Every parameter's gradient averaged over the processes (what data-parallel training applies), in one
+    all-reduce of all of them; nothing in one process."""
+    world = world_size()
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = all_reduce(torch.cat([g.reshape(-1) for g in grads]), "sum") / world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -8,7 +8,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 REFERENCE_SIDE = 32  # jitter sizes are given in pixels of a CIFAR-size image
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dfq.io import atomic_write, check_finite, load_tensors, write_json_atomic
+from dfq.models.spec import InputSpec
 from generators.bn_stats import batchnorm_layers
 from generators.network import ConditionalGenerator, GeneratorConfig
 
@@ -87,7 +88,7 @@ def check_teacher(meta: dict, *, teacher_name: str | None = None, teacher: nn.Mo
 SPEC_FIELDS = ("image_size", "channels", "mean", "std", "num_classes")
 
 
-def check_generator_spec(meta: dict, spec, *, path="") -> None:
+def check_generator_spec(meta: dict, spec: InputSpec, *, path: str | os.PathLike = "") -> None:
     """Refuse a generator trained for another input (size, channels, normalization, classes) than `spec`'s: its
     images would be made for a teacher fed differently."""
     recorded = meta.get("input_spec") or {}

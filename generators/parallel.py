@@ -3,20 +3,19 @@
 Every process draws the whole batch's labels, latents, pixel noise and jitter from the same seeded generator
 and computes its rows only (`local_rows`: the pairs the mode-seeking term compares stay together); every
 batch statistic is that of the global batch (the teacher's BN statistics through `BNStatsRecorder`'s reducer,
-the generator's own BatchNorm through `synced_batchnorm`); the gradients are averaged (`average_gradients`).
+the generator's own BatchNorm through `synced_batchnorm`); the gradients are averaged
+(`dfq.distributed.average_gradients`).
 The step then leaves the weights one process training on the whole batch leaves (up to float summation order).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfq import distributed
 from generators.bn_stats import SumReducer
 
 
@@ -81,13 +80,3 @@ def synced_batchnorm(module: nn.Module, reducer: SumReducer | None):
     finally:
         for bn in patched:
             del bn.forward
-
-
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Every parameter's gradient averaged over the processes (what data-parallel training applies)."""
-    world = distributed.world_size()
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is not None:
-            p.grad.copy_(distributed.all_reduce(p.grad, "sum") / world)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from dfq import distributed
 from dfq.io import truncate_log
+from dfq.models.registry import check_spec_fits
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
@@ -27,6 +28,7 @@ from generators.augment import random_jitter, scaled_shift
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss, distributed_sum_reducer
 from generators.checkpoint import (
     META_FILE,
+    check_generator_spec,
     load_generator,
     load_train_state,
     save_generator,
@@ -36,7 +38,7 @@ from generators.checkpoint import (
 from generators.grid import save_class_grid
 from generators.losses import mode_seeking_loss, total_variation
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
-from generators.parallel import average_gradients, local_rows, synced_batchnorm
+from generators.parallel import local_rows, synced_batchnorm
 from generators.posterior import LatentPosterior, latent_nll
 from generators.quality import capture_penultimate
 
@@ -234,8 +236,10 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
            config: GeneratorTrainConfig, resume: bool, steps: int | None, progress: bool) -> ConditionalGenerator:
     device = next(teacher.parameters()).device
     fingerprint = teacher_fingerprint(teacher)
+    check_spec_fits(teacher, spec, name=teacher_name)
     if resume:
         generator, meta = load_generator(out, teacher_name=teacher_name, teacher=teacher, device=device)
+        check_generator_spec(meta, spec, path=out)  # a run continues with the input it was started for
         state = load_train_state(out)
         # fields a run saved before they existed keep the behaviour that run had
         config = GeneratorTrainConfig(**{**BEFORE_NEW_TERMS, **state["config"], "betas": tuple(state["config"]["betas"])})
@@ -310,15 +314,15 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
                 loss, parts = objective(generator, rng)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                average_gradients(trained)  # several processes: the global batch's gradient
+                distributed.average_gradients(trained)  # several processes: the global batch's gradient
                 opt.step()
                 sched.step()
                 step += 1
                 elapsed += time.perf_counter() - start
                 bar.update(1)
                 if parallel:  # logged: the mean over processes of their shares' losses
-                    parts = dict(zip(parts, (distributed.all_reduce(torch.tensor(list(parts.values())), "sum")
-                                             / distributed.world_size()).tolist()))
+                    values = torch.tensor(list(parts.values()), device=loss.device)  # NCCL reduces GPU tensors only
+                    parts = dict(zip(parts, (distributed.all_reduce(values, "sum") / distributed.world_size()).tolist()))
                 if main and (step % config.log_every == 0 or step == config.steps):
                     writer.writerow({"step": step, **{k: round(v, 6) for k, v in parts.items()},
                                      "lr": sched.get_last_lr()[0], "seconds": round(elapsed, 2)})

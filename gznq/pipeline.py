@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfq import distributed
 from dfq.data import SPLITS, build_eval_loader
 from dfq.evaluate import evaluate
 from dfq.io import write_json_atomic
 from dfq.models import SpecOverrides, Teacher, create_teacher, is_known_teacher
+from dfq.models.registry import check_spec_fits
 from dfq.quant import QuantConfig, load_student, quantize_model, save_student, summarize
 from dfq.quant.calibrate import calibrate
 from dfq.quant.recon_defaults import recon_defaults
@@ -33,7 +36,7 @@ from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
 from generators.augment import scaled_shift, with_jittered_copies
 from generators.checkpoint import check_generator_spec, load_generator, read_generator_meta
 from generators.refine import RefineConfig, default_refine_steps
-from gznq.distill import Distiller, DistillConfig
+from gznq.distill import DistillConfig, Distiller
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
 from gznq.outdir import ResultKind, check_output, writing_output
 from gznq.sources import REFINABLE, check_source, image_set, parse_source
@@ -75,6 +78,12 @@ class PipelineConfig:
     replaced only with overwrite; resume continues an interrupted distillation from OUT.partial.
     image_cache: a directory keeping the (refined) calibration sets, so a run with other bits on the same
     images skips their making (`gznq.sources.image_set`).
+
+    Under several processes (`accelerate launch`, `dfq.distributed`) each process makes its share of the
+    calibration images (a generator's stream deals its batches in turn; other sources: calib_images / N with
+    the process's own seed), calibration merges every process's ranges, reconstruction averages the gradients of
+    every process's images, evaluation splits the images; the main process writes the student. Distillation
+    runs as one process.
     """
 
     source: str
@@ -175,6 +184,18 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
         KeyboardInterrupt: re-raised after the interrupted run kept what a resume can use (OUT.partial).
     """
     c = config
+    world, main = distributed.world_size(), distributed.is_main_process()
+    if world > 1:  # several processes (accelerate launch): each makes and uses its share of the images
+        if "distill" in c.methods:
+            raise ValueError("distillation runs as one process; leave out distill, or run without accelerate launch")
+        shares = [c.calib_images] + ([c.recon_images] if c.recon_images else [])
+        if c.source.startswith("generator:"):  # the stream deals whole batches to the processes in turn
+            shares = [math.ceil(n / c.batch_size) for n in shares]
+        if any(n % world for n in shares):
+            raise ValueError(f"the calibration (and reconstruction) images must split into {world} equal shares, one "
+                             f"per process (for a generator source, whole batches of batch_size); got "
+                             f"{', '.join(map(str, shares))}")
+        c = dataclasses.replace(c, progress=c.progress and main)
     source = parse_source(c.source)
     check_source(source)
     if c.eval_data is not None and not Path(c.eval_data).exists():
@@ -189,8 +210,11 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
             overrides = SpecOverrides.from_dict(generator_meta.get("input_spec"))
         teacher = create_teacher(c.model, checkpoint=c.checkpoint, trust_checkpoint=c.trust_checkpoint,
                                  overrides=overrides)
-    elif not c.spec_overrides.is_empty():
-        raise ValueError("spec_overrides describe a teacher built by name; a teacher passed in carries its own spec")
+    else:
+        if not c.spec_overrides.is_empty():
+            raise ValueError("spec_overrides describe a teacher built by name; a teacher passed in carries its own spec")
+        check_spec_fits(teacher.model, teacher.spec, name=c.model)
+        _check_named(teacher, c.model)
     model, spec = teacher
     if generator_meta is not None:
         check_generator_spec(generator_meta, spec, path=source.path)
@@ -203,7 +227,9 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
         load_generator(source.path, teacher_name=c.model, teacher=model)
     options = recon_defaults(c.quant.protocol, c.quant.w_bits, c.quant.a_bits, synthetic=source.kind != "real",
                              augment=c.recon_augment, last_block=c.recon.last_block)
-    with writing_output(c.out, STUDENT_DIR, resume=c.resume) if c.out is not None else contextlib.nullcontext() as work:
+    distributed.barrier()  # every process has checked the output before the main one writes into it
+    writes = c.out is not None and main  # one process writes the student; all hold the same one
+    with writing_output(c.out, STUDENT_DIR, resume=c.resume) if writes else contextlib.nullcontext() as work:
         cuda = list(range(torch.cuda.device_count()))
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(c.seed)
@@ -215,10 +241,31 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
             evaluation = result.to_dict()
             evaluation["eval_seconds"] = evaluation.pop("seconds")  # "seconds" stays the quantization's time
             report.update(evaluation, eval_data=c.eval_data, eval_split=c.eval_split, eval_limit=c.eval_limit)
+        if world > 1:
+            report["processes"] = world
         if work is not None:
             report["student"] = str(c.out)
             write_json_atomic(work / REPORT_FILE, report)
+    distributed.barrier()  # the student is written before any process returns
     return PipelineResult(student.eval(), report)
+
+
+def _check_named(teacher: Teacher, name: str) -> None:
+    """A teacher passed in under a name `create_teacher` knows must be that model: the student is saved under
+    the name and rebuilt from it."""
+    if not is_known_teacher(name):
+        return
+    try:
+        skeleton, _ = create_teacher(name, pretrained=False, overrides=SpecOverrides.from_dict(
+            dataclasses.asdict(teacher.spec)))
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    except ValueError:
+        expected = None
+    given = {k: tuple(v.shape) for k, v in teacher.model.state_dict().items()}
+    if expected != given:
+        raise ValueError(f"the teacher passed in is not {name!r} (its layers differ), yet the student would be saved "
+                         f"under that name; name a model of your own with a label of its own, e.g. "
+                         f"PipelineConfig(model='my_net', ...), and load its student with load_student(dir, model=...)")
 
 
 # The fields a resumed distillation must share with the run it continues; the rest only say where and how
@@ -283,7 +330,13 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
 def _calibrate_and_reconstruct(c: PipelineConfig, source, teacher, spec, student, refine, options) -> tuple[dict, dict]:
     """Calibrate `student` on the source's images, then reconstruct it when asked; returns the report records
     and how the images were made (seconds, whether they came from the cache)."""
+    world, rank = distributed.world_size(), distributed.rank()
+
     def images(num_images: int, seed: int):
+        # several processes: a generator's stream gives each process its batches of the one-process stream
+        # (batch i to process i mod N); other sources make each process's share with its own seed
+        if world > 1 and source.kind != "generator":
+            num_images, seed = num_images // world, seed + 7919 * rank
         return image_set(source, teacher=teacher, teacher_name=c.model, spec=spec, num_images=num_images,
                          batch_size=c.batch_size, seed=seed, refine=refine, workers=c.workers,
                          cache_dir=c.image_cache, progress=c.progress)
@@ -294,7 +347,7 @@ def _calibrate_and_reconstruct(c: PipelineConfig, source, teacher, spec, student
     if "reconstruct" not in c.methods:
         return {}, data
     if c.recon_from_calib:
-        recon_set = first_images(calib, c.recon_images or c.calib_images)
+        recon_set = first_images(calib, (c.recon_images or c.calib_images) // world)
     else:
         recon_set, more, more_reused = images(c.recon_images or 1024, c.seed + 1)
         data = {"image_seconds": seconds + more, "images_reused": reused and more_reused}

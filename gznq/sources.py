@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
 from tqdm.auto import tqdm
 
+from dfq import distributed
 from dfq.data import real_calibration_loader
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
@@ -154,6 +154,8 @@ def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: In
         (batches, seconds of making, whether the set came from the cache).
     """
     key = repr((teacher_name, teacher_fingerprint(teacher), spec, str(source), num_images, batch_size, seed, refine))
+    if distributed.world_size() > 1:  # a generator's stream gives each process other batches
+        key += repr(("process", distributed.rank(), distributed.world_size()))
     file = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None
     if file is not None and file.is_file():
         saved = torch.load(file, map_location="cpu", weights_only=True)

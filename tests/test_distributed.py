@@ -137,6 +137,61 @@ def test_distributed_generator_steps_leave_the_single_process_weights(tmp_path):
         assert abs(float(rows[-1][i]) - float(single_rows[-1][i])) < 1e-4, name
 
 
+def _pipeline_config(out):
+    from dfq.quant.reconstruct import ReconstructConfig
+    from generators.refine import RefineConfig
+    from gznq import PipelineConfig
+
+    return PipelineConfig(model="tiny", source="noise", methods=("reconstruct",), calib_images=16, batch_size=8,
+                          refine=RefineConfig(steps=1), recon=ReconstructConfig(iterations=5, batch_size=4),
+                          quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper", act_observer="minmax"),
+                          out=out, progress=False, workers=0, device="cpu")
+
+
+def _pipeline_worker(rank, port, out_dir):
+    from dfq.models import Teacher
+    from gznq import run_pipeline
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        result = run_pipeline(_pipeline_config(os.path.join(out_dir, "student")),
+                              teacher=Teacher(tiny_teacher(), TINY_SPEC))
+        torch.save({"state": result.student.state_dict(), "report": result.report},
+                   os.path.join(out_dir, f"pipeline_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_pipeline_on_two_processes_keeps_one_student(tmp_path):
+    mp.spawn(_pipeline_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    runs = [torch.load(tmp_path / f"pipeline_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for key, value in runs[0]["state"].items():  # averaged gradients keep the processes' students the same
+        assert torch.allclose(runs[1]["state"][key].float(), value.float(), atol=1e-6, equal_nan=True), key
+    assert runs[0]["report"]["processes"] == WORLD and (tmp_path / "student" / "student.json").is_file()
+    from dfq.quant import load_student
+
+    saved, _ = load_student(tmp_path / "student", model=tiny_teacher())
+    for key, value in saved.state_dict().items():  # written once, the student every process holds
+        assert torch.allclose(value.float(), runs[0]["state"][key].float(), atol=1e-6, equal_nan=True), key
+    assert any(r["block"] for r in runs[0]["report"]["reconstruct"])
+
+
+def test_distillation_is_refused_under_several_processes(monkeypatch):
+    import dataclasses
+
+    from gznq import run_pipeline
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    config = dataclasses.replace(_pipeline_config(None), methods=("reconstruct", "distill"), source="real:/nowhere")
+    with pytest.raises(ValueError, match="distillation runs as one process"):
+        run_pipeline(config)
+    config = dataclasses.replace(_pipeline_config(None), calib_images=15)
+    with pytest.raises(ValueError, match="equal shares"):
+        run_pipeline(config)
+
+
 def test_a_batch_that_does_not_split_is_refused():
     from generators.parallel import local_rows
 

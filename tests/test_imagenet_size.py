@@ -1,6 +1,7 @@
 """ImageNet-size teachers (random weights, 224 pixels) through the whole pipeline: generator, refinement,
 calibration, reconstruction (with a memory budget that forces pools), distillation and evaluation."""
 
+import math
 import warnings
 
 import pytest
@@ -55,10 +56,10 @@ def test_the_whole_pipeline_at_224(name, images_224, tmp_path):
         result = run_pipeline(config, teacher=teacher)
     assert not [w for w in caught if "stay in float" in str(w.message) and "conv/linear" in str(w.message)]
     report = result.report
-    assert report["num_images"] == 10 and 0 <= report["top1"] <= 100 and 0 <= report["agreement"] <= 100
+    assert report["num_images"] == 10 and report["student"] == str(tmp_path / "student")
     # early blocks' inputs and targets at 224 exceed 8 MB for 4 images: they trained on pools
     assert any(r["pool"] < 4 for r in report["reconstruct"])
-    assert all(r["mse_after"] == r["mse_after"] for r in report["reconstruct"])  # finite errors
+    assert all(math.isfinite(r["mse_before"]) and math.isfinite(r["mse_after"]) for r in report["reconstruct"])
     student, meta = load_student(tmp_path / "student")
     assert meta["input_spec"]["image_size"] == 224 and meta["input_spec"]["num_classes"] == 10
     x = torch.randn(2, 3, 224, 224)
@@ -66,32 +67,22 @@ def test_the_whole_pipeline_at_224(name, images_224, tmp_path):
 
 
 def test_reconstruction_memory_stays_within_its_budget(monkeypatch):
-    """What the reconstruction holds for a block (its inputs, targets and teacher inputs) is measured at
-    every collection: at most the budget, where holding every image's would take several times more."""
-    teacher, _ = create_teacher("tv:resnet18", pretrained=False, overrides=SpecOverrides(num_classes=10))
+    """What the reconstruction holds for a block (its inputs, targets and teacher inputs, alive at once) is
+    measured at every collection: at most the budget, where holding every image's would take twice more."""
     from dfq.quant import calibrate, quantize_model
+    from tests.quant.test_reconstruct import held_bytes_per_collection
 
+    teacher, _ = create_teacher("tv:resnet18", pretrained=False, overrides=SpecOverrides(num_classes=10))
     student = quantize_model(teacher, QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
     images = [torch.randn(4, 3, 224, 224) for _ in range(2)]
     calibrate(student, images)
-    held = []
-    original = recon_module.reconstruct_block
-
-    def measured(block, inputs, targets, config, mix=None, *, refresh=None, rounds=1):
-        def tracked(part):
-            data = refresh(part)
-            held.append(sum(t.numel() * t.element_size() for t in data[:2]))
-            return data
-        held.append(inputs.numel() * inputs.element_size() + targets.numel() * targets.element_size())
-        return original(block, inputs, targets, config, mix, refresh=tracked if refresh else None, rounds=rounds)
-
-    monkeypatch.setattr(recon_module, "reconstruct_block", measured)
+    peaks = held_bytes_per_collection(monkeypatch)
     budget_mb = 6
     records = recon_module.reconstruct(student, teacher, images, ReconstructConfig(
         iterations=2, batch_size=1, memory_mb=budget_mb, last_block=True))
-    assert max(held) <= budget_mb * 2**20
+    assert max(peaks) <= budget_mb * 2**20
     layer1_all = 8 * 2 * 64 * 56 * 56 * 4  # 8 images' layer1 inputs and outputs: 12.8 MB
-    assert layer1_all > 1.5 * budget_mb * 2**20
+    assert layer1_all > 2 * budget_mb * 2**20
     pooled = [r for r in records if r["pool"] < 8]
     assert pooled and pooled[0]["block"] in ("conv1", "layer1.0")
     with pytest.raises(ValueError, match="fewer than one batch"):

@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
 from dfq.modes import restored
-from dfq.quant.graph import passes_quantization, quantized_operands, source_of, trace
+from dfq.quant.graph import quantized_operands, source_of, trace
 from dfq.quant.matching import plain_forward
 from dfq.quant.modules import QuantConv2d, QuantLinear, bias_codes
 from dfq.quant.ops import QuantAdaptiveAvgPool2d, QuantAdd, QuantAvgPool2d

@@ -70,14 +70,21 @@ def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pr
     from dfq.models import external  # lazy: importing timm costs seconds
 
     overrides = overrides or SpecOverrides()
-    kwargs = dict(checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust_checkpoint,
-                  num_classes=overrides.num_classes)
+    kwargs = dict(checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust_checkpoint)
+    if overrides.num_classes is not None:  # builders registered before num_classes existed do not take it
+        kwargs["num_classes"] = overrides.num_classes
     if name.startswith("tv:"):
         teacher = external.create_torchvision(name[3:], **kwargs)
     elif name.startswith("timm:"):
         teacher = external.create_timm(name[5:], **kwargs)
     elif name in _REGISTRY:
-        teacher = _REGISTRY[name](**kwargs)
+        try:
+            teacher = _REGISTRY[name](**kwargs)
+        except TypeError as exc:
+            if "num_classes" not in str(exc):
+                raise
+            raise ValueError(f"the builder registered as {name!r} takes no num_classes; it cannot build another "
+                             "number of classes") from None
     else:
         close = difflib.get_close_matches(name, list_teachers(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -92,7 +99,33 @@ def create_teacher(name: str, *, checkpoint: str | os.PathLike | None = None, pr
             "them gives the generator nothing to match. Use a model with BatchNorm (ResNet, MobileNet, ...)."
         )
     teacher = Teacher(teacher.model.eval(), overrides.apply(teacher.spec))
+    check_spec_fits(teacher.model, teacher.spec, name=name)
     return teacher
+
+
+def check_spec_fits(model: nn.Module, spec: InputSpec, *, name: str = "the model") -> None:
+    """One forward pass of a blank image of the spec's size (in eval mode, without gradients): the model must take
+    it and give spec.num_classes logits.
+
+    Raises:
+        ValueError: the input does not fit (channels, a fixed-size head) or the logits are not num_classes wide.
+    """
+    import torch
+
+    from dfq.modes import restored
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(1, spec.channels, spec.image_size, spec.image_size, device=device)
+    try:
+        with torch.no_grad(), restored(model):
+            out = model.eval()(x)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} does not take {spec.channels}x{spec.image_size}x{spec.image_size} inputs ({exc}); "
+                         "give the image size and channels it was trained with") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != spec.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} gives logits of shape {shape} for one image, but its spec says {spec.num_classes} "
+                         "classes; give the number of classes its classifier has (--num-classes, InputSpec.num_classes)")
 
 
 def published_classes_error(name: str, published: int, asked: int) -> ValueError:

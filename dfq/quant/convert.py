@@ -12,11 +12,11 @@ from torch import nn
 from dfq.quant.config import QuantConfig
 from dfq.quant.fold import fold_batchnorm
 from dfq.quant.graph import functional_ops_to_modules, tie_shared_inputs
-from dfq.quant.matching import _base_type, as_plain, match_layers
+from dfq.quant.matching import as_plain, base_type, match_layers
 from dfq.quant.modules import QUANT_MODULES, LayerQuantSpec
 from dfq.quant.observers import QuantSpec
-from dfq.quant.same_pad import SamePadConv2d
 from dfq.quant.ops import QUANT_OPS
+from dfq.quant.same_pad import SamePadConv2d
 
 
 def _check_patterns(config: QuantConfig, names: list[str]) -> None:
@@ -116,7 +116,7 @@ def quantize_model(
             quantize_bias=bool(config.quantize_ops),
         )
         layer = model.get_submodule(name)
-        model.set_submodule(name, table[_base_type(layer, table)].from_float(layer, qspec))
+        model.set_submodule(name, table[base_type(layer, table)].from_float(layer, qspec))
     if config.quantize_ops:
         _quantize_ops(model, config)
         tie_shared_inputs(model)

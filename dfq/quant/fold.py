@@ -16,7 +16,9 @@ _FOLDABLE_FORWARDS = (nn.Conv2d.forward, SamePadConv2d.forward)
 
 
 def _foldable(module) -> bool:
-    return isinstance(module, nn.Conv2d) and type(module).forward in _FOLDABLE_FORWARDS
+    cls = type(module)
+    return (isinstance(module, nn.Conv2d) and cls.forward in _FOLDABLE_FORWARDS
+            and cls._conv_forward is nn.Conv2d._conv_forward)
 
 
 class _LeafTracer(fx.Tracer):

@@ -72,8 +72,17 @@ class LayerMatch:
         return self.reason is None
 
 
-def _base_type(module: nn.Module, table: Mapping[type, type]) -> type | None:
+def base_type(module: nn.Module, table: Mapping[type, type]) -> type | None:
+    """The first class in `module`'s type hierarchy that `table` maps (Conv2d for a Conv2d subclass)."""
     return next((cls for cls in type(module).__mro__ if cls in table), None)
+
+
+def computes_as_parent(module: nn.Module, base: type) -> bool:
+    """Whether `module` keeps `base`'s computation: neither forward nor Conv2d's _conv_forward overridden."""
+    cls = type(module)
+    if cls.forward is not base.forward:
+        return False
+    return not isinstance(module, nn.Conv2d) or cls._conv_forward is nn.Conv2d._conv_forward
 
 
 def match_layers(model: nn.Module, table: Mapping[type[nn.Module], type[nn.Module]]) -> list[LayerMatch]:
@@ -84,11 +93,11 @@ def match_layers(model: nn.Module, table: Mapping[type[nn.Module], type[nn.Modul
     for name, module in model.named_modules():
         if isinstance(module, quantized):
             continue
-        base = _base_type(module, table)
+        base = base_type(module, table)
         if base is None:
             continue
         cls = type(module)
-        if cls is base or cls.forward is base.forward:
+        if cls is base or computes_as_parent(module, base):
             matches.append(LayerMatch(name, module, base, None))
         elif type_key(cls) in KNOWN_VARIANTS:
             matches.append(LayerMatch(name, module, base, KNOWN_VARIANTS[type_key(cls)]))
@@ -128,5 +137,7 @@ def plain_forward(module: nn.Module) -> bool:
     """Whether `module` computes as its Conv2d / Linear parent does (exporters rely on it)."""
     from dfq.quant.modules import QuantConv2d, QuantLinear  # modules imports this file's neighbours
 
-    forward = type(module).forward
-    return forward in (nn.Conv2d.forward, nn.Linear.forward, QuantConv2d.forward, QuantLinear.forward)
+    cls = type(module)
+    if isinstance(module, nn.Conv2d) and cls._conv_forward is not nn.Conv2d._conv_forward:
+        return False
+    return cls.forward in (nn.Conv2d.forward, nn.Linear.forward, QuantConv2d.forward, QuantLinear.forward)

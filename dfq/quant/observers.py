@@ -82,7 +82,7 @@ class MinMaxObserver(Observer):
         range over all the images."""
         if not distributed.is_distributed():
             return
-        if self.min_val is None:
+        if not distributed.all_true(self.min_val is not None):  # every process raises, none waits
             raise self._not_ready()
         self.min_val, self.max_val = distributed.all_reduce(self.min_val, "min"), distributed.all_reduce(self.max_val, "max")
 
@@ -111,11 +111,41 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         equal to, one process's)."""
         if not distributed.is_distributed():
             return
-        if self.min_val is None:
+        if not distributed.all_true(self.min_val is not None):
             raise self._not_ready()
         n = distributed.world_size()
         self.min_val = distributed.all_reduce(self.min_val, "sum") / n
         self.max_val = distributed.all_reduce(self.max_val, "sum") / n
+
+
+# numpy's hypergeometric draws take counts below 10^9; ImageNet-size activations pass that over a few batches
+_EXACT_LIMIT = 10**9
+
+
+def _draw_split(rng: np.random.Generator, counts: list[int], k: int, room: list[int] | None = None) -> list[int]:
+    """How many of `k` values drawn without replacement from groups of `counts` values fall in each group: the
+    (multivariate) hypergeometric split, or, where the counts pass numpy's limit, its multinomial approximation
+    (exact to within k / total, at most 0.1% here) capped at each group's `room` (default: its count)."""
+    room = list(counts) if room is None else list(room)
+    total = sum(counts)
+    if total < _EXACT_LIMIT:
+        if len(counts) == 2:
+            first = int(rng.hypergeometric(counts[0], counts[1], k))
+            shares = [first, k - first]
+        else:
+            shares = [int(v) for v in rng.multivariate_hypergeometric(counts, k)]
+    else:
+        shares = [int(v) for v in rng.multinomial(k, np.asarray(counts, dtype=float) / total)]
+    excess = 0
+    for i, r in enumerate(room):  # a group never gives more than it holds; the rest goes to groups with room
+        if shares[i] > r:
+            excess += shares[i] - r
+            shares[i] = r
+    for i, r in enumerate(room):
+        extra = min(excess, r - shares[i])
+        shares[i] += extra
+        excess -= extra
+    return shares
 
 
 def _on(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
@@ -161,7 +191,7 @@ class _SampleObserver(Observer):
         if n == 0:
             return
         keep = min(self.max_samples, self._seen + n)
-        from_new = keep if self._sample is None else int(self._rng.hypergeometric(n, self._seen, keep))
+        from_new = keep if self._sample is None else _draw_split(self._rng, [n, self._seen], keep)[0]
         parts = []
         if keep - from_new:
             old = self._sample.shape[1]
@@ -184,7 +214,7 @@ class _SampleObserver(Observer):
         same seeded draw on every process, so all keep the same sample)."""
         if not distributed.is_distributed():
             return
-        if self._sample is None:
+        if not distributed.all_true(self._sample is not None):
             raise self._not_ready()
         seen = distributed.all_gather_cat(torch.tensor([self._seen], device=self._sample.device)).tolist()
         kept = distributed.all_gather_cat(torch.tensor([self._sample.shape[1]], device=self._sample.device)).tolist()
@@ -193,7 +223,7 @@ class _SampleObserver(Observer):
         keep = min(self.max_samples, total)
         if keep < merged.shape[1]:
             rng = np.random.default_rng(self.seed + 1)
-            shares = rng.multivariate_hypergeometric(seen, keep)  # how many of `keep` each process stands for
+            shares = _draw_split(rng, seen, keep, room=kept)  # how many of `keep` each process stands for
             starts = np.cumsum([0] + kept[:-1])
             idx = np.concatenate([start + rng.permutation(k)[:share] for start, k, share in zip(starts, kept, shares)])
             merged = merged[:, _on(merged, idx)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dfq import distributed
 from dfq.modes import frozen, restored
 from dfq.quant.adaround import adaround
 from dfq.quant.modules import QuantConv2d, QuantLinear
@@ -81,21 +83,19 @@ class ReconstructConfig:
                              f"and {self.feature_mix_after}")
 
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
 def find_blocks(model: nn.Module) -> list[str]:
-    """Names of the units reconstructed one at a time, in module order, for any nesting of containers
-    (Sequential, ModuleList, ModuleDict) and plain modules:
+    """Names of the units reconstructed one at a time, in module order: the elements of a stage that hold
+    quantized layers (residual blocks, conv-BN-act units), unless they are stages themselves, and every quantized
+    layer outside them (a stem conv, the classifier); other modules are looked into.
 
-    - a quantized layer on its own (a stem conv, the classifier);
-    - an element of a container that holds quantized layers, unless it is a stage;
-    - a plain module holding quantized layers (a residual block, a conv-BN-act unit), unless it is a stage.
-
-    A stage is looked into rather than reconstructed whole: a container with more than one element holding
-    quantized layers (a ResNet stage as nn.Sequential), or a plain module whose parts (its children, looking
-    through containers) include at least two that hold two or more quantized layers each (a stage of blocks
-    kept as attributes or in a ModuleList).
+    A stage is a Sequential or ModuleList with more than one element holding quantized layers (a ResNet stage),
+    or a plain module whose parts (its children, looking through Sequential and ModuleList) include at least two
+    that hold two or more quantized layers each (a stage of blocks kept as attributes, RegNet's; a network whose
+    stages are its attributes). A ModuleDict is never a stage: its forward is its own (DenseNet's dense blocks
+    hand lists of tensors to their layers), so an element of a stage that is a ModuleDict is one unit.
     """
     blocks: list[str] = []
 
@@ -112,22 +112,22 @@ def find_blocks(model: nn.Module) -> list[str]:
                 yield c
 
     def is_stage(m: nn.Module) -> bool:
+        if isinstance(m, nn.ModuleDict):
+            return False
         if isinstance(m, _CONTAINERS):
             return sum(count_quant(c) > 0 for c in m.children()) > 1
         return sum(count_quant(p) >= 2 for p in parts(m)) >= 2
 
     def visit(module: nn.Module, prefix: str) -> None:
-        in_container = isinstance(module, _CONTAINERS)
+        units_here = isinstance(module, _CONTAINERS) or is_stage(module)
         for name, child in module.named_children():
             full = f"{prefix}{name}"
             if count_quant(child) == 0:
                 continue
-            if isinstance(child, _QUANT_LAYERS):
+            if isinstance(child, _QUANT_LAYERS) or (units_here and not is_stage(child)):
                 blocks.append(full)
-            elif is_stage(child) or (isinstance(child, _CONTAINERS) and not in_container):
-                visit(child, f"{full}.")
             else:
-                blocks.append(full)
+                visit(child, f"{full}.")
 
     visit(model, "")
     return blocks
@@ -259,16 +259,24 @@ def _batch(inputs: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, mix: 
     return x, y
 
 
+BlockData = tuple[torch.Tensor, torch.Tensor, "FeatureMix | None"]
+
+
 def reconstruct_block(
     block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, config: ReconstructConfig,
-    mix: FeatureMix | None = None, *, refresh=None, rounds: int = 1,
+    mix: FeatureMix | None = None,
 ) -> BlockResult:
     """Optimize one block's weight rounding and activation steps so that block(inputs) matches targets
-    (with `mix`, also on blends of the inputs, config.feature_mix ignored: the caller decides).
+    (with `mix`, also on blends of the inputs, config.feature_mix ignored: the caller decides)."""
+    return _reconstruct_block(block, lambda part: (inputs, targets, mix), 1, config)
 
-    With `refresh(r) -> (inputs, targets, mix)` and `rounds` > 1, the iterations are split into `rounds` equal
-    parts and part r trains on refresh(r) (part 0 on the data given); the errors are measured on the data given,
-    refreshed as refresh(0) at the end."""
+
+def _reconstruct_block(block: nn.Module, collect: Callable[[int], BlockData], rounds: int,
+                       config: ReconstructConfig) -> BlockResult:
+    """`reconstruct_block` on data made on demand: the iterations split into `rounds` equal parts, part r on
+    collect(r), the errors before and after on collect(0). Only this function holds the data, and it lets go
+    of one part's before collecting the next, so that one part is held at a time."""
+    inputs, targets, mix = collect(0)
     layers = [m for m in block.modules() if isinstance(m, _QUANT_LAYERS) and m.weight_quantizer is not None]
     # a quantizer shared by several layers (dfq.quant.graph.tie_shared_inputs) is listed once
     act_quantizers = list({id(m.input_quantizer): m.input_quantizer for m in block.modules()
@@ -285,10 +293,10 @@ def reconstruct_block(
             opt = torch.optim.Adam(groups)
             part = 0
             for it in range(config.iterations):
-                if refresh is not None and it * rounds // config.iterations != part:
+                if it * rounds // config.iterations != part:
                     part = it * rounds // config.iterations
-                    inputs = targets = mix = None  # the previous pool is freed before the next is collected
-                    inputs, targets, mix = refresh(part)
+                    inputs = targets = mix = x = y = loss = None  # the previous part is freed before the next
+                    inputs, targets, mix = collect(part)
                 idx = torch.randint(len(inputs), (config.batch_size,), generator=gen)
                 x, y = _batch(inputs, targets, idx, mix, gen)
                 loss = reconstruction_loss(block(x), y)
@@ -298,6 +306,7 @@ def reconstruct_block(
                     loss = loss + config.reg_weight * sum(r.regularizer(beta) for r in roundings)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(p for g in groups for p in g["params"])  # several processes
                 opt.step()
                 with torch.no_grad():
                     for q in act_quantizers:
@@ -307,9 +316,9 @@ def reconstruct_block(
     finally:
         for q in act_quantizers:
             q.set_learnable(False)
-    if refresh is not None and part != 0:
-        inputs = targets = mix = None
-        inputs, targets, mix = refresh(0)
+    if part != 0:
+        inputs = targets = mix = x = y = loss = None
+        inputs, targets, mix = collect(0)
     return BlockResult(before, _block_error(block, inputs, targets), undecided)
 
 
@@ -323,25 +332,37 @@ def _block_error(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, 
     return total / len(inputs)
 
 
+@torch.no_grad()
+def _runs(model: nn.Module, block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether `model`'s forward on `x` reaches `block`."""
+    with _capture(block, output=False) as store, _stop_after(block, output=False):
+        model(x)
+    return bool(store)
+
+
 def _count(images: list[torch.Tensor]) -> int:
     return sum(len(x) for x in images)
 
 
-def _pool_size(student, teacher, block, teacher_block, images, config: ReconstructConfig, mixing: bool) -> int | None:
-    """How many images' block inputs and targets fit in `config.memory_mb` (None: all of them), from one image's."""
+def _pool_size(student, teacher, block, teacher_block, images, config: ReconstructConfig,
+               mixing: bool) -> tuple[int | None, bool]:
+    """How many images' block inputs and targets fit in `config.memory_mb` (None: all of them), from one image's;
+    and whether the block's input is a 4-d feature map."""
     one = [images[0][:1]]
-    held = _collect(student, block, one, output=False).numel() + _collect(teacher, teacher_block, one, output=True).numel()
+    block_input = _collect(student, block, one, output=False)
+    held = block_input.numel() + _collect(teacher, teacher_block, one, output=True).numel()
     if mixing:
         held += _collect(teacher, teacher_block, one, output=False).numel()
     per_image = held * images[0].element_size()
     fit = int(config.memory_mb * 2**20 // per_image)
+    four_d = block_input.dim() == 4
     if fit >= _count(images):
-        return None
+        return None, four_d
     if fit < config.batch_size:
         raise ValueError(f"reconstruction's memory_mb ({config.memory_mb:g} MB) holds {fit} images' block inputs and "
                          f"targets ({per_image / 2**20:.1f} MB each), fewer than one batch ({config.batch_size}); "
                          "raise memory_mb or lower the batch size")
-    return fit
+    return fit, four_d
 
 
 def _pool_images(images: list[torch.Tensor], pool: int, part: int, seed: int) -> list[torch.Tensor]:
@@ -386,7 +407,8 @@ def reconstruct(
     """Reconstruct the blocks of a calibrated `student` (from `quantize_model` on `teacher`), in order (the
     last one only with `config.last_block`, or when it is the only one): each block's input comes from the
     student with the blocks before it already reconstructed, its target from the teacher's same-named block
-    on the full-precision path.
+    on the full-precision path. Where several processes reconstruct together (`dfq.distributed`), each passes
+    its own images (as many as every other) and the gradients are averaged, so that all keep the same student.
 
     Args:
         images: batches of normalized images (the reconstruction set, e.g. 1,024 generated images).
@@ -395,8 +417,13 @@ def reconstruct(
         One record per block: its name and its BlockResult fields.
 
     Raises:
-        ValueError: a student block has no counterpart in the teacher, or there is nothing to reconstruct.
+        ValueError: a student block has no counterpart in the teacher, or there is nothing to reconstruct; processes
+            holding different numbers of images.
     """
+    if distributed.is_distributed():
+        count = torch.tensor([_count(images)], device=images[0].device)  # NCCL reduces GPU tensors only
+        if distributed.all_reduce(count, "min") != distributed.all_reduce(count, "max"):
+            raise ValueError("every process must reconstruct on as many images as the others (they step together)")
     blocks = find_blocks(student)
     if not blocks:
         raise ValueError("the student has no quantized layers to reconstruct; build it with dfq.quantize_model")
@@ -411,9 +438,12 @@ def reconstruct(
                 raise ValueError(f"student block {name!r} has no counterpart in the teacher")
             block, teacher_block = student.get_submodule(name), teacher_modules[name]
             mixing = config.feature_mix > 0 and number >= config.feature_mix_after * len(blocks)
-            pool = _pool_size(student, teacher, block, teacher_block, images, config, mixing)
+            if not _runs(student, block, images[0][:1]):  # e.g. an auxiliary head used only in training
+                records.append({"block": name, "skipped": "not run by the model's forward in eval mode"})
+                continue
+            pool, four_d = _pool_size(student, teacher, block, teacher_block, images, config, mixing)
 
-            def collect(part: int, block=block, teacher_block=teacher_block, pool=pool, mixing=mixing):
+            def collect(part: int, block=block, teacher_block=teacher_block, pool=pool, mixing=mixing) -> BlockData:
                 subset = images if pool is None else _pool_images(images, pool, part, config.seed)
                 mix = None
                 if mixing:
@@ -428,13 +458,10 @@ def reconstruct(
                     targets = targets.contiguous(memory_format=torch.channels_last)
                 return inputs, targets, mix
 
-            inputs, targets, mix = collect(0)
-            if inputs.dim() == 4:
+            if four_d:
                 block.to(memory_format=torch.channels_last)
             rounds = 1 if pool is None else min(config.iterations, -(-_count(images) // pool))
-            result = reconstruct_block(block, inputs, targets, config, mix,
-                                       refresh=collect if rounds > 1 else None, rounds=rounds)
-            del inputs, targets, mix
+            result = _reconstruct_block(block, collect, rounds, config)
             records.append({"block": name, **dataclasses.asdict(result), "pool": pool or _count(images)})
             # back to the default layout, so the student computes as a reloaded copy does
             block.to(memory_format=torch.contiguous_format)

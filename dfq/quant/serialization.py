@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dfq.io import atomic_write, check_finite, load_tensors, write_json_atomic
-from dfq.quant.config import QuantConfig
 from dfq.models.spec import InputSpec, SpecOverrides
+from dfq.quant.config import QuantConfig
 from dfq.quant.convert import quantize_model
 
 FORMAT = "gznq-student"

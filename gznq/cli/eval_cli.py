@@ -16,12 +16,12 @@ from dfq.models import SpecOverrides, create_teacher
 from dfq.quant import is_student_dir, load_student
 from gznq.cli.common import (
     HelpFormatter,
+    add_spec_arguments,
     check_writable_file,
     default_device,
     default_workers,
     error_message,
     format_table,
-    add_spec_arguments,
     positive_int,
     spec_overrides,
     tune_allocator,
@@ -83,7 +83,7 @@ def _load_models(args: argparse.Namespace):
 
 def run_generator_report(args: argparse.Namespace) -> dict:
     """The generator quality report: teacher top-1 on samples, BN losses, diversity, throughput."""
-    from generators.checkpoint import load_generator, read_generator_meta
+    from generators.checkpoint import check_generator_spec, load_generator, read_generator_meta
     from generators.quality import measure_quality, stream_throughput
     from generators.stream import SyntheticStream
 
@@ -95,7 +95,8 @@ def run_generator_report(args: argparse.Namespace) -> dict:
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint,
                                    overrides=overrides)
     teacher.to(args.device)
-    generator, _ = load_generator(args.generator, teacher_name=args.model, teacher=teacher, device=args.device)
+    generator, meta = load_generator(args.generator, teacher_name=args.model, teacher=teacher, device=args.device)
+    check_generator_spec(meta, spec, path=args.generator)  # other --mean/--std than it was trained for
     stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=args.batch_size, seed=12345,
                              num_batches=-(-args.num_images // args.batch_size))
     real = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dfq import distributed
 from dfq.data import SPLITS
 from dfq.quant import OBSERVERS, PROTOCOLS, QuantConfig, summarize
 from dfq.quant.reconstruct import ReconstructConfig
@@ -163,6 +164,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"\ninterrupted before anything could be kept; {args.out} is unchanged")
         raise
     report = result.report
+    if not distributed.is_main_process():  # several processes: the main one reports
+        return report
     if report.get("recon_defaults"):
         print(f"reconstruction: {report['recon_augment']} jittered copies, classifier "
               f"{'reconstructed' if report['recon_last_block'] else 'as calibrated'} ({report['recon_defaults']})")

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that run as several processes under `accelerate launch` / torchrun (the others refuse to).
-PARALLEL_COMMANDS = ("generator",)
+PARALLEL_COMMANDS = ("generator", "quantize")
 
 
 def main(argv: list[str] | None = None) -> int:

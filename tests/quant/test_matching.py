@@ -90,6 +90,10 @@ def test_timm_variants_compute_the_same_after_conversion(protocol):
     reference = net(x)
     back = dequantize_model(q)
     assert isinstance(back[2], SamePadConv2d)
+    if protocol == "deploy":  # every BN folded into the converted convolution before it
+        assert all(isinstance(back[i], nn.Identity) for i in (1, 3, 5, 7))
+    else:
+        assert all(isinstance(back[i], nn.BatchNorm2d) for i in (1, 3, 5, 7))
     assert torch.allclose(back(x), reference, atol=1e-4 * reference.abs().max().item())
 
 
@@ -117,3 +121,14 @@ def test_the_exporter_refuses_a_same_padded_convolution(tmp_path):
     spec = InputSpec(image_size=16, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=2)
     with pytest.raises(ExportError, match="not a plain convolution"):
         export_onnx(q, spec, tmp_path / "m.onnx")
+
+
+class StandardizedInConvForward(nn.Conv2d):  # computes otherwise through _conv_forward, not forward
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, weight - weight.mean((1, 2, 3), keepdim=True), bias)
+
+
+def test_a_subclass_overriding_conv_forward_stays_float():
+    with pytest.warns(UserWarning, match="own forward"):
+        q = quantize_model(_net(StandardizedInConvForward), QuantConfig(w_bits=4, a_bits=4, protocol="deploy"))
+    assert type(q[3]) is StandardizedInConvForward and isinstance(q[4], nn.BatchNorm2d)  # not folded either

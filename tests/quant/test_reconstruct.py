@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -331,3 +332,65 @@ def test_reconstruction_leaves_the_student_in_the_default_memory_layout():
     x = torch.cat(images)
     with torch.no_grad():
         assert torch.equal(student.eval()(x), reloaded.eval()(x))
+
+
+def held_bytes_per_collection(monkeypatch):
+    """Wrap the reconstruction's data making: per collection, the bytes of block data still alive from earlier
+    collections plus the new data's (weak references, so that what has been let go is not counted)."""
+    import weakref
+
+    from dfq.quant import reconstruct as module
+
+    alive, peaks = [], []
+    original = module._reconstruct_block
+
+    def tracked(block, collect, rounds, config):
+        def measured(part):
+            before = sum(t.numel() * t.element_size() for t in (r() for r in alive) if t is not None)
+            data = collect(part)
+            tensors = [t for t in data[:2]] + ([data[2].teacher_inputs] if data[2] is not None else [])
+            alive.extend(weakref.ref(t) for t in tensors)
+            peaks.append(before + sum(t.numel() * t.element_size() for t in tensors))
+            return data
+        return original(block, measured, rounds, config)
+
+    monkeypatch.setattr(module, "_reconstruct_block", tracked)
+    return peaks
+
+
+def test_a_memory_budget_makes_pools_and_holds_one_at_a_time(monkeypatch):
+    teacher, student, images = _setup()
+    peaks = held_bytes_per_collection(monkeypatch)
+    per_image = (8 * 8 * 8 * 4) * 2  # a block's 8x8x8 input and output in float32
+    budget_mb = 40 * per_image / 2**20  # 40 of the 128 images
+    records = reconstruct(student, teacher, images, ReconstructConfig(iterations=8, batch_size=8,
+                                                                      memory_mb=budget_mb))
+    pooled = [r for r in records if r["pool"] < 128]
+    # the stem holds 3+8 channels an image (58 fit), the blocks 8+8 (40 fit), the classifier all 128
+    assert [(r["block"], r["pool"]) for r in pooled] == [("stem", 58), ("blocks.0", 40), ("blocks.1", 40)]
+    assert max(peaks) <= budget_mb * 2**20  # never two pools at once
+    assert all(math.isfinite(r["mse_before"]) and math.isfinite(r["mse_after"]) for r in records)
+
+
+class _WithAux(nn.Module):  # an auxiliary head that only training runs, as GoogLeNet's
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.aux = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.body(x)
+        if self.training:
+            x = self.aux(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_block_the_eval_forward_never_runs_is_skipped():
+    teacher = randomize_bn(_WithAux()).eval()
+    student = quantize_model(teacher, QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
+    images = [torch.randn(8, 3, 8, 8)]
+    calibrate(student, lambda m: (m(images[0]), m.aux(m.body(images[0]))))  # the aux head's ranges by hand
+    records = reconstruct(student, teacher, images, ReconstructConfig(iterations=2, batch_size=4, last_block=True))
+    assert [r["block"] for r in records] == ["body.0", "aux.0", "fc"]
+    assert "skipped" in records[1] and "skipped" not in records[0] and "mse_after" in records[2]
