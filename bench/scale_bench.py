@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     blocks = reconstruct(student, teacher, images, config)
     record("reconstruction", time.perf_counter() - start, args.recon_iters * len(blocks),
            f"iteration of one block ({len(blocks)} blocks)", config.batch_size)
-    pooled = [b["block"] for b in blocks if b["pool"] < args.images]
+    pooled = [b["block"] for b in blocks if b.get("pool", args.images) < args.images]
 
     generator, _ = load_generator(work / "gen", device=args.device)
     distill = DistillConfig(steps=args.steps)

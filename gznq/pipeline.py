@@ -188,11 +188,13 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     if world > 1:  # several processes (accelerate launch): each makes and uses its share of the images
         if "distill" in c.methods:
             raise ValueError("distillation runs as one process; leave out distill, or run without accelerate launch")
-        shares = [c.calib_images] + ([c.recon_images] if c.recon_images else [])
+        made = [c.calib_images] + ([] if c.recon_from_calib else [c.recon_images or 1024])  # image sets made
         if c.source.startswith("generator:"):  # the stream deals whole batches to the processes in turn
-            shares = [math.ceil(n / c.batch_size) for n in shares]
+            made = [math.ceil(n / c.batch_size) for n in made]
+        shares = made + ([c.recon_images or c.calib_images] if c.recon_from_calib and "reconstruct" in c.methods
+                         else [])  # reconstruction on each process's first images
         if any(n % world for n in shares):
-            raise ValueError(f"the calibration (and reconstruction) images must split into {world} equal shares, one "
+            raise ValueError(f"the calibration and reconstruction images must split into {world} equal shares, one "
                              f"per process (for a generator source, whole batches of batch_size); got "
                              f"{', '.join(map(str, shares))}")
         c = dataclasses.replace(c, progress=c.progress and main)
@@ -255,12 +257,16 @@ def _check_named(teacher: Teacher, name: str) -> None:
     the name and rebuilt from it."""
     if not is_known_teacher(name):
         return
-    try:
-        skeleton, _ = create_teacher(name, pretrained=False, overrides=SpecOverrides.from_dict(
-            dataclasses.asdict(teacher.spec)))
-        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    except ValueError:
-        expected = None
+    overrides = SpecOverrides.from_dict(dataclasses.asdict(teacher.spec))
+    expected = None
+    with torch.random.fork_rng(devices=[]):  # the skeleton's random weights leave the caller's state alone
+        for attempt in (overrides, dataclasses.replace(overrides, num_classes=None)):  # builders without it
+            try:
+                skeleton, _ = create_teacher(name, pretrained=False, overrides=attempt)
+            except ValueError:
+                continue
+            expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+            break
     given = {k: tuple(v.shape) for k, v in teacher.model.state_dict().items()}
     if expected != given:
         raise ValueError(f"the teacher passed in is not {name!r} (its layers differ), yet the student would be saved "
@@ -335,6 +341,12 @@ def _calibrate_and_reconstruct(c: PipelineConfig, source, teacher, spec, student
     def images(num_images: int, seed: int):
         # several processes: a generator's stream gives each process its batches of the one-process stream
         # (batch i to process i mod N); other sources make each process's share with its own seed
+        if world > 1 and source.kind == "pixels":  # a fixed set: each process its slice of it
+            made = image_set(source, teacher=teacher, teacher_name=c.model, spec=spec, num_images=num_images,
+                             batch_size=c.batch_size, seed=seed, refine=refine, workers=c.workers,
+                             cache_dir=c.image_cache, progress=c.progress)
+            mine = torch.cat(made[0])[rank::world]
+            return list(mine.split(c.batch_size)), made[1], made[2]
         if world > 1 and source.kind != "generator":
             num_images, seed = num_images // world, seed + 7919 * rank
         return image_set(source, teacher=teacher, teacher_name=c.model, spec=spec, num_images=num_images,

@@ -81,8 +81,6 @@ def test_reconstruction_memory_stays_within_its_budget(monkeypatch):
     records = recon_module.reconstruct(student, teacher, images, ReconstructConfig(
         iterations=2, batch_size=1, memory_mb=budget_mb, last_block=True))
     assert max(peaks) <= budget_mb * 2**20
-    layer1_all = 8 * 2 * 64 * 56 * 56 * 4  # 8 images' layer1 inputs and outputs: 12.8 MB
-    assert layer1_all > 2 * budget_mb * 2**20
     pooled = [r for r in records if r["pool"] < 8]
     assert pooled and pooled[0]["block"] in ("conv1", "layer1.0")
     with pytest.raises(ValueError, match="fewer than one batch"):

@@ -114,12 +114,13 @@ def check_spec_fits(model: nn.Module, spec: InputSpec, *, name: str = "the model
 
     from dfq.modes import restored
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.zeros(1, spec.channels, spec.image_size, spec.image_size, device=device)
+    param = next(model.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+    x = torch.zeros(1, spec.channels, spec.image_size, spec.image_size, device=device, dtype=dtype)
     try:
         with torch.no_grad(), restored(model):
             out = model.eval()(x)
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:  # timm asserts on input sizes
         raise ValueError(f"{name} does not take {spec.channels}x{spec.image_size}x{spec.image_size} inputs ({exc}); "
                          "give the image size and channels it was trained with") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != spec.num_classes:

@@ -438,7 +438,8 @@ def reconstruct(
                 raise ValueError(f"student block {name!r} has no counterpart in the teacher")
             block, teacher_block = student.get_submodule(name), teacher_modules[name]
             mixing = config.feature_mix > 0 and number >= config.feature_mix_after * len(blocks)
-            if not _runs(student, block, images[0][:1]):  # e.g. an auxiliary head used only in training
+            # e.g. an auxiliary head used only in training (decided by all processes together: they step together)
+            if distributed.all_true(not _runs(student, block, images[0][:1])):
                 records.append({"block": name, "skipped": "not run by the model's forward in eval mode"})
                 continue
             pool, four_d = _pool_size(student, teacher, block, teacher_block, images, config, mixing)

@@ -112,3 +112,25 @@ def test_other_normalization_changes_what_the_teacher_sees(weights_dir, cifar_te
     std0, mean0 = torch.tensor(default.std).view(3, 1, 1), torch.tensor(default.mean).view(3, 1, 1)
     assert torch.allclose(images * std + mean, images_default * std0 + mean0, atol=1e-5)
     assert not torch.allclose(images, images_default, atol=1e-2)
+
+
+def test_a_builder_registered_without_num_classes_still_builds_and_names_its_model():
+    import torch as _torch
+
+    from dfq.models import Teacher, register_teacher
+    from dfq.models.zoo import CIFAR10_SPEC
+    from gznq.pipeline import _check_named
+
+    @register_teacher("test_old_style_builder")
+    def _old(*, checkpoint, pretrained, trust_checkpoint):  # the signature before num_classes existed
+        return Teacher(CifarResNet(20).eval(), CIFAR10_SPEC)
+
+    model, spec = create_teacher("test_old_style_builder", pretrained=False)
+    assert spec == CIFAR10_SPEC
+    with pytest.raises(ValueError, match="takes no num_classes"):
+        create_teacher("test_old_style_builder", pretrained=False, overrides=SpecOverrides(num_classes=100))
+    state = _torch.random.get_rng_state()
+    _check_named(Teacher(model, spec), "test_old_style_builder")  # its own model under its name: accepted
+    assert _torch.equal(state, _torch.random.get_rng_state())  # and the caller's random state left alone
+    with pytest.raises(ValueError, match="is not 'cifar10_resnet20'"):
+        _check_named(Teacher(CifarResNet(32).eval(), spec), "cifar10_resnet20")
