@@ -77,7 +77,7 @@ class SpecOverrides:
     def apply(self, spec: InputSpec) -> InputSpec:
         """`spec` with these values in place of its own. A new image size scales the evaluation resize with it
         (224 of 256 becomes 160 of 183), so the crop keeps its share of the image."""
-        changes = {k: v for k, v in self.to_dict().items()}
+        changes = self.to_dict()
         if "mean" in changes or "std" in changes:
             channels = len(changes.get("mean", changes.get("std")))
             if channels != spec.channels:
@@ -100,6 +100,3 @@ class SpecOverrides:
         data = data or {}
         return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in data.items()
                       if k in ("image_size", "mean", "std", "num_classes") and v is not None})
-
-    def describe(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in self.to_dict().items()) or "none"

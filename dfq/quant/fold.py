@@ -9,16 +9,16 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq.quant.matching import computes_as_parent
 from dfq.quant.same_pad import SamePadConv2d
-
-# Convolutions whose output is conv(x, weight) + bias, so that a BN after them folds into weight and bias.
-_FOLDABLE_FORWARDS = (nn.Conv2d.forward, SamePadConv2d.forward)
 
 
 def _foldable(module) -> bool:
-    cls = type(module)
-    return (isinstance(module, nn.Conv2d) and cls.forward in _FOLDABLE_FORWARDS
-            and cls._conv_forward is nn.Conv2d._conv_forward)
+    """A convolution whose output is conv(x, weight) + bias (plain or "same"-padded), so that a BN after it folds
+    into its weight and bias; a subclass computing otherwise may transform its weight."""
+    if not isinstance(module, nn.Conv2d):
+        return False
+    return computes_as_parent(module, SamePadConv2d if isinstance(module, SamePadConv2d) else nn.Conv2d)
 
 
 class _LeafTracer(fx.Tracer):

@@ -97,7 +97,7 @@ def match_layers(model: nn.Module, table: Mapping[type[nn.Module], type[nn.Modul
         if base is None:
             continue
         cls = type(module)
-        if cls is base or computes_as_parent(module, base):
+        if computes_as_parent(module, base):
             matches.append(LayerMatch(name, module, base, None))
         elif type_key(cls) in KNOWN_VARIANTS:
             matches.append(LayerMatch(name, module, base, KNOWN_VARIANTS[type_key(cls)]))
@@ -137,7 +137,5 @@ def plain_forward(module: nn.Module) -> bool:
     """Whether `module` computes as its Conv2d / Linear parent does (exporters rely on it)."""
     from dfq.quant.modules import QuantConv2d, QuantLinear  # modules imports this file's neighbours
 
-    cls = type(module)
-    if isinstance(module, nn.Conv2d) and cls._conv_forward is not nn.Conv2d._conv_forward:
-        return False
-    return cls.forward in (nn.Conv2d.forward, nn.Linear.forward, QuantConv2d.forward, QuantLinear.forward)
+    base = next((b for b in (QuantConv2d, QuantLinear, nn.Conv2d, nn.Linear) if isinstance(module, b)), None)
+    return base is not None and computes_as_parent(module, base)

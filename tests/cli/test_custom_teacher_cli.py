@@ -63,8 +63,20 @@ def test_bad_spec_options_are_refused(elsewhere, cifar_test_dir, capsys):
     base = ["--model", "cifar10_resnet20", "--checkpoint", str(elsewhere), "--data", str(cifar_test_dir)]
     for bad, message in ((["--std", "0.2,0,0.2"], "std must be positive"),
                          (["--mean", "0.5,0.5"], "3 input channels"),
-                         (["--num-classes", "100"], "--num-classes")):
+                         (["--num-classes", "100"], "--num-classes"),
+                         (["--image-size", "4"], "at least 8 pixels")):
         assert eval_main(base + bad) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_main(base + ["--mean", "a,b,c"])
+
+
+def test_a_memory_budget_that_holds_no_batch_is_refused_and_nothing_is_written(elsewhere, tmp_path, capsys):
+    out = tmp_path / "student"
+    for budget, message in (("0", "memory_mb must be positive"), ("0.01", "fewer than one batch")):
+        assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(elsewhere), "--source",
+                           "noise", "--refine-steps", "1", "--calib-images", "16", "--batch-size", "8",
+                           "--method", "reconstruct", "--recon-memory-mb", budget, "--out", str(out),
+                           "--no-progress", "--workers", "0"]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() and not (tmp_path / "student.partial").exists()
