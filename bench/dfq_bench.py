@@ -39,6 +39,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.common import ASSETS, machine, markdown_table, read_rows
 from dfq.data import SPLITS as DATA_SPLITS
@@ -70,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-data", default=str(ASSETS / "cifar10-jpeg" / "test"))
     p.add_argument("--generator", help="generator directory, trained there if absent (default: runs/generator_<model>)")
     p.add_argument("--pixels", help="pixel-optimized set, made there if absent (default: runs/pixels_<model>)")
-    p.add_argument("--only", help="comma-separated settings such as W4A4:paper,W3A3:deploy (default: all six)")
+    p.add_argument("--only", help="comma-separated settings such as W4A4:paper,W2A4:paper (default: the six with "
+                                  "equal widths, W3/W4/W5 x paper/deploy)")
     p.add_argument("--methods", default="gznq", help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation steps after reconstruction (0: none)")
     p.add_argument("--gdfq-steps", type=int, default=500, help="the GDFQ recipe's budget here (its paper: 80,000)")
@@ -106,19 +108,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def settings(only: str | None) -> list[tuple[int, str]]:
-    """(bits, protocol) pairs from `--only` (W4A4:paper,...), or all six."""
+class Setting(NamedTuple):
+    """Weight bits, activation bits and protocol of a benchmark row."""
+
+    w_bits: int
+    a_bits: int
+    protocol: str
+
+    @property
+    def label(self) -> str:
+        return f"W{self.w_bits}A{self.a_bits}:{self.protocol}"
+
+
+def settings(only: str | None) -> list[Setting]:
+    """The settings of `--only` (W4A4:paper,W2A4:paper,...), or the six with equal widths."""
     if not only:
-        return [(b, p) for p in ("paper", "deploy") for b in (4, 3, 5)]
+        return [Setting(b, b, p) for p in ("paper", "deploy") for b in (4, 3, 5)]
     chosen = []
     for item in only.split(","):
-        bits, _, protocol = item.partition(":")
-        if not bits.startswith("W") or "A" not in bits or protocol not in ("paper", "deploy"):
-            raise ValueError(f"--only entries look like W4A4:paper, got {item!r}")
-        w, a = bits[1:].split("A")
-        if w != a:
-            raise ValueError("this benchmark runs equal weight and activation bits")
-        chosen.append((int(w), protocol))
+        match = re.fullmatch(r"W(\d+)A(\d+):(paper|deploy)", item.strip())
+        if not match:
+            raise ValueError(f"--only entries look like W4A4:paper or W2A4:deploy, got {item!r}")
+        chosen.append(Setting(int(match[1]), int(match[2]), match[3]))
     return chosen
 
 
@@ -166,7 +177,7 @@ class Bench:
         uses_generator = {"gznq", "gznq-raw", "gdfq"} & methods or ("noise" in methods and args.noise_steps is None)
         self.gen_seconds = self._ensure_generator() if uses_generator else 0.0
         self.pixel_seconds = self._ensure_pixels() if "pixels" in args.methods.split(",") else 0.0
-        self.gznq_rows: dict[tuple[int, str], dict] = {}  # (bits, protocol) -> the gznq row's image seconds
+        self.gznq_rows: dict[Setting, dict] = {}  # setting -> the gznq row's image seconds
 
     def _ensure_generator(self) -> float:
         path = Path(self.args.generator)
@@ -183,10 +194,11 @@ class Bench:
             save_pixels(path, images, labels, teacher=self.args.model, config=config, seconds=seconds)
         return json.loads((path / PIXELS_META).read_text())["seconds"]
 
-    def config(self, method: str, bits: int, protocol: str) -> tuple[PipelineConfig, float]:
+    def config(self, method: str, setting: Setting) -> tuple[PipelineConfig, float]:
         """The pipeline of a row and the seconds charged to it for what it reuses (generator, pixel set)."""
         a = self.args
-        quant = QuantConfig(w_bits=bits, a_bits=bits, protocol=protocol, weight_observer="mse", act_observer="mse")
+        quant = QuantConfig(w_bits=setting.w_bits, a_bits=setting.a_bits, protocol=setting.protocol,
+                            weight_observer="mse", act_observer="mse")
         distill = ("distill",) if a.distill_steps else ()
         common = dict(model=a.model, checkpoint=a.checkpoint, quant=quant, seed=a.seed, eval_data=a.test_data,
                       eval_split=a.split, eval_limit=a.limit, image_cache=a.image_cache, progress=False,
@@ -218,29 +230,29 @@ class Bench:
         if method == "gznq-raw":
             config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=0))
         elif method == "noise":
-            steps = self.noise_steps(bits, protocol, config.refine_config().steps)
+            steps = self.noise_steps(setting, config.refine_config().steps)
             config = dataclasses.replace(config, refine=dataclasses.replace(config.refine, steps=steps))
         return config, extra
 
-    def noise_steps(self, bits: int, protocol: str, steps: int) -> int:
+    def noise_steps(self, setting: Setting, steps: int) -> int:
         """--noise-steps, or the refinement steps whose seconds equal those gznq spent on this setting: its
         generator's training plus its refinement of `steps` steps a batch (refinement costs the same per step
         from noise as from samples)."""
         if self.args.noise_steps is not None:
             return self.args.noise_steps
-        gznq = self.gznq_rows.get((bits, protocol))
+        gznq = self.gznq_rows.get(setting)
         if gznq is None:
             raise ValueError("the noise rows are matched to the seconds of a gznq row: put gznq before noise in "
                              "--methods, or give --noise-steps")
         return max(1, round(steps * (self.gen_seconds + gznq["image_seconds"]) / gznq["image_seconds"]))
 
-    def run(self, method: str, bits: int, protocol: str) -> dict:
-        config, extra = self.config(method, bits, protocol)
+    def run(self, method: str, setting: Setting) -> dict:
+        config, extra = self.config(method, setting)
         start = time.perf_counter()
         report = run_pipeline(config, teacher=self.teacher).report
         wall = time.perf_counter() - start
         if method == "gznq":
-            self.gznq_rows[(bits, protocol)] = {"image_seconds": report["image_seconds"]}
+            self.gznq_rows[setting] = {"image_seconds": report["image_seconds"]}
         reused = report["image_seconds"] if report["images_reused"] else 0.0
         label = method + (f"[{self.args.overrides}]" if self.args.overrides else "")
         if method in ("gznq", "gznq-raw", "pixels", "real-distill") and self.args.distill_steps:
@@ -250,7 +262,7 @@ class Bench:
         if method == "noise":
             label += f"({config.refine.steps} steps)"
         generator = self.args.generator if method in ("gznq", "gznq-raw", "gdfq") else None
-        return {"model": self.args.model, "setting": f"W{bits}A{bits}:{protocol}", "method": method, "pipeline": label,
+        return {"model": self.args.model, "setting": setting.label, "method": method, "pipeline": label,
                 "generator": generator,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
@@ -268,9 +280,9 @@ def main(argv=None) -> None:
     bench = Bench(args)
     out = Path(args.out)
     results_path = out / "results.json"
-    for bits, protocol in settings(args.only):
+    for setting in settings(args.only):
         for method in args.methods.split(","):
-            row = bench.run(method, bits, protocol)
+            row = bench.run(method, setting)
             row["command"] = "python -m bench.dfq_bench " + shlex.join(sys.argv[1:])
             # re-read so that runs in parallel processes keep each other's rows
             rows = read_rows(results_path) if results_path.exists() else []

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.dfq_bench import apply_overrides, parse_args, parse_overrides
+from bench.dfq_bench import Setting, apply_overrides, parse_args, parse_overrides, settings
 from gznq.pipeline import PipelineConfig
 
 
@@ -28,6 +28,18 @@ def test_the_bench_refuses_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+W4A4 = Setting(4, 4, "paper")
+
+
+def test_settings_take_unequal_widths_and_refuse_malformed_ones():
+    assert settings("W2A4:paper, W4A4:deploy") == [Setting(2, 4, "paper"), Setting(4, 4, "deploy")]
+    assert settings("W2A4:paper")[0].label == "W2A4:paper"
+    assert len(settings(None)) == 6 and all(s.w_bits == s.a_bits for s in settings(None))
+    for bad in ("W4:paper", "W4A4", "W4A4:fast", "4A4:paper"):
+        with pytest.raises(ValueError, match="look like W4A4:paper"):
+            settings(bad)
+
+
 def test_noise_rows_get_the_refinement_steps_that_fill_the_generators_seconds():
     from bench.dfq_bench import Bench
 
@@ -35,11 +47,11 @@ def test_noise_rows_get_the_refinement_steps_that_fill_the_generators_seconds():
     bench.args = parse_args(["--split", "select", "--methods", "gznq,noise", "--out", "unused"])
     bench.gen_seconds, bench.gznq_rows = 300.0, {}
     with pytest.raises(ValueError, match="put gznq before noise"):
-        bench.noise_steps(4, "paper", 50)
-    bench.gznq_rows[(4, "paper")] = {"image_seconds": 150.0}
-    assert bench.noise_steps(4, "paper", 50) == 150  # 50 steps cost 150 s, so 450 s buy 150 steps
+        bench.noise_steps(W4A4, 50)
+    bench.gznq_rows[W4A4] = {"image_seconds": 150.0}
+    assert bench.noise_steps(W4A4, 50) == 150  # 50 steps cost 150 s, so 450 s buy 150 steps
     bench.args.noise_steps = 70
-    assert bench.noise_steps(4, "paper", 50) == 70
+    assert bench.noise_steps(W4A4, 50) == 70
 
 
 def test_raw_and_noise_rows_are_configured_as_they_are_named():
@@ -49,10 +61,10 @@ def test_raw_and_noise_rows_are_configured_as_they_are_named():
     bench.args = parse_args(["--split", "select", "--methods", "gznq,gznq-raw,noise", "--set", "refine.crop_scale=1.0",
                              "--generator", "runs/g", "--out", "unused"])
     bench.overrides, bench.gen_seconds = parse_overrides(bench.args.overrides), 300.0
-    bench.gznq_rows = {(4, "paper"): {"image_seconds": 150.0}}
-    gznq, gen_seconds = bench.config("gznq", 4, "paper")
-    raw, _ = bench.config("gznq-raw", 4, "paper")
-    noise, noise_seconds = bench.config("noise", 4, "paper")
+    bench.gznq_rows = {W4A4: {"image_seconds": 150.0}}
+    gznq, gen_seconds = bench.config("gznq", W4A4)
+    raw, _ = bench.config("gznq-raw", W4A4)
+    noise, noise_seconds = bench.config("noise", W4A4)
     assert (gznq.source, gznq.refine_config().steps, gznq.refine.crop_scale, gen_seconds) == (
         "generator:runs/g", 10, 1.0, 300.0)
     assert (raw.source, raw.refine.steps, raw.refine.crop_scale) == ("generator:runs/g", 0, 1.0)
