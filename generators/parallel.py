@@ -4,7 +4,8 @@ Every process draws the whole batch's labels, latents, pixel noise and jitter fr
 and computes its rows only (`local_rows`: the pairs the mode-seeking term compares stay together); every
 batch statistic is that of the global batch (the teacher's BN statistics through `BNStatsRecorder`'s reducer,
 the generator's own BatchNorm through `synced_batchnorm`); the gradients are averaged
-(`dfq.distributed.average_gradients`).
+(`dfq.distributed.average_gradients`); `gather_rows` puts the global batch back together where a step needs all
+of it (distillation's blends pair images of the whole batch).
 The step then leaves the weights one process training on the whole batch leaves (up to float summation order).
 """
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfq import distributed
 from generators.bn_stats import SumReducer
 
 
@@ -33,6 +35,20 @@ def local_rows(batch: int, rank: int, world: int) -> torch.Tensor:
     share = half // world
     first = torch.arange(rank * share, (rank + 1) * share)
     return torch.cat([first, first + half])
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """The global batch whose `local_rows` each process holds, in the batch's own row order, on every process
+    (detached); `local` itself in one process. Every process must hold an equal share."""
+    world = distributed.world_size()
+    if world == 1:
+        return local
+    batch = local.shape[0] * world
+    gathered = distributed.all_gather_cat(local)  # rank order: process 0's rows, then process 1's, ...
+    order = torch.cat([local_rows(batch, r, world) for r in range(world)]).to(local.device)
+    out = torch.empty_like(gathered)
+    out[order] = gathered
+    return out
 
 
 def _global_batch_norm(bn: nn.BatchNorm2d, reducer: SumReducer, x: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dfq import distributed
 from dfq.losses import kd_loss
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen, restored
 from dfq.quant.calibrate import quantizers
 from generators.bn_stats import BN_LOSSES
 from generators.network import ConditionalGenerator, normalize
+from generators.parallel import gather_rows, local_rows, synced_batchnorm
 from generators.quality import capture_penultimate
 from generators.trainer import GeneratorObjective, GeneratorTrainConfig
 
@@ -158,6 +160,14 @@ class Distiller:
     (normalized images, labels) cycled endlessly (real images: the ceiling; a fixed pixel set).
     `state_dict()` / `load_state_dict()` capture everything needed to continue identically (for
     `batches`, the position in the data is not captured).
+
+    Under several processes (`dfq.distributed`, e.g. `accelerate launch`) each step is one step on a global
+    batch of `batch_size` images that the processes share (`generators.parallel`): each makes or loads its
+    rows (`batches` must yield this process's rows of each global batch), every random draw is made for the
+    whole batch from the same seeded generator, blends pair images of the whole batch, every batch statistic
+    (the teacher's and generator's BN, a student BN in training, tracked activation ranges) is the global
+    batch's, the gradients are averaged, and the returned losses are the global batch's. Every process then
+    holds the student and generator one process training on the whole batch would hold.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, spec: InputSpec, config: DistillConfig, *,
@@ -167,6 +177,9 @@ class Distiller:
         self.student, self.teacher, self.generator, self.spec, self.config = student, teacher, generator, spec, config
         self.batches = cycle(batches) if batches is not None else None
         c = config
+        self.parallel = distributed.is_distributed()
+        if self.parallel and generator is not None:  # refuses a batch that does not split into equal shares
+            local_rows(c.batch_size, distributed.rank(), distributed.world_size())
         self.act_quantizers = [q for n, q in quantizers(student) if n.endswith("input_quantizer")]
         self.weight_quantizers = [q for n, q in quantizers(student) if n.endswith("weight_quantizer")]
         for q in self.weight_quantizers:
@@ -197,7 +210,9 @@ class Distiller:
         self.objective = GeneratorObjective(teacher, spec, GeneratorTrainConfig(
             batch_size=c.batch_size, bn_loss=c.bn_loss, bn_weight=c.bn_weight, ce_weight=c.gen_ce_weight,
             diversity_weight=c.diversity_weight, diversity_space="feature", class_bn_weight=0.0,
-            max_shift=c.max_shift, flip=c.max_shift > 0))  # distillation's generator terms as they were measured
+            max_shift=c.max_shift, flip=c.max_shift > 0),  # distillation's generator terms as they were measured
+            parallel=self.parallel)
+        self.reducer = self.objective.reduce_sums  # None in one process: batch statistics stay local
         self.rng = torch.Generator().manual_seed(c.seed)
         self.step_index = 0
         self.seconds = 0.0  # time spent in step(), kept across a resume
@@ -217,11 +232,19 @@ class Distiller:
         for q in self.act_quantizers:
             q.track_momentum = self.config.act_ema_momentum if tracking else None
 
+    def _rows(self) -> torch.Tensor | None:
+        """This process's rows of the global batch (None in one process: all of it)."""
+        if not self.parallel:
+            return None
+        return local_rows(self.config.batch_size, distributed.rank(), distributed.world_size())
+
     def _generator_step(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
         c = self.config
         self.generator.train()
-        x, y, z = self.objective.draw(self.generator, self.rng)
-        loss, gen_parts = self.objective.losses(x, y, z, self.rng)
+        rows = self._rows()
+        with synced_batchnorm(self.generator, self.reducer):
+            x, y, z = self.objective.draw(self.generator, self.rng, rows=rows)
+        loss, gen_parts = self.objective.losses(x, y, z, self.rng, rows=rows, batch=c.batch_size)
         parts = {"g_bn": gen_parts["bn"], "g_ce": gen_parts["ce"], "g_div": gen_parts["div"]}
         inputs = normalize(x, self.spec.mean, self.spec.std)
         if c.adversarial_weight > 0 and self.step_index >= c.warmup_steps:
@@ -230,10 +253,16 @@ class Distiller:
             with torch.no_grad():
                 t_logits = self.teacher(inputs)
             disagreement = kd_loss(s_logits, t_logits, 1.0)
-            loss = loss - c.adversarial_weight * torch.clamp(disagreement, max=c.adversarial_bound)
+            if self.parallel:  # bounded as the global batch's mean is; each process's share of its gradient
+                below = (distributed.all_reduce(disagreement) / distributed.world_size()) < c.adversarial_bound
+                bounded = disagreement if bool(below) else disagreement.detach().clamp(max=c.adversarial_bound)
+            else:
+                bounded = torch.clamp(disagreement, max=c.adversarial_bound)
+            loss = loss - c.adversarial_weight * bounded
             parts["g_adv"] = disagreement.item()
         self.gen_opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.generator.parameters())
         self.gen_opt.step()
         return inputs.detach(), y, parts
 
@@ -248,34 +277,42 @@ class Distiller:
             return self._generator_step()
         self.generator.eval()
         with torch.no_grad():
-            x, y, _ = self.objective.draw(self.generator, self.rng)
+            x, y, _ = self.objective.draw(self.generator, self.rng, rows=self._rows())
         return normalize(x, self.spec.mean, self.spec.std), y, {}
 
-    def _mix(self, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _mix(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace the first mix_fraction of the batch by blends with randomly chosen partners; returns the
-        batch and how many of its leading images are blends."""
-        n = int(round(self.config.mix_fraction * inputs.shape[0]))
-        if n == 0:
-            return inputs, 0
-        partners = torch.randint(inputs.shape[0], (n,), generator=self.rng).to(inputs.device)
-        lam = torch.rand(n, generator=self.rng).to(inputs.device).view(-1, *([1] * (inputs.dim() - 1)))
-        blended = lam * inputs[:n] + (1 - lam) * inputs[partners]
-        return torch.cat([blended, inputs[n:]]), n
+        batch and a mask of its blended images. Under several processes each process holds its rows of the
+        global batch (`local_rows`): the blends are made on the whole batch (gathered), and each keeps its rows."""
+        whole = gather_rows(inputs)  # `inputs` itself in one process
+        n = int(round(self.config.mix_fraction * whole.shape[0]))
+        blended = torch.arange(whole.shape[0], device=inputs.device) < n
+        if n > 0:
+            partners = torch.randint(whole.shape[0], (n,), generator=self.rng).to(inputs.device)
+            lam = torch.rand(n, generator=self.rng).to(inputs.device).view(-1, *([1] * (inputs.dim() - 1)))
+            whole = torch.cat([lam * whole[:n] + (1 - lam) * whole[partners], whole[n:]])
+        if not self.parallel:
+            return whole, blended
+        rows = local_rows(whole.shape[0], distributed.rank(), distributed.world_size()).to(inputs.device)
+        return whole[rows], blended[rows]
 
     def _student_step(self, inputs: torch.Tensor, y: torch.Tensor) -> dict:
         c = self.config
-        inputs, num_blended = self._mix(inputs)
+        inputs, blended = self._mix(inputs)
         with torch.no_grad(), capture_penultimate(self.teacher) as t_feats:
             t_logits = self.teacher(inputs)
         with student_training_mode(self.student, freeze_bn=c.student_bn == "frozen"), \
+                synced_batchnorm(self.student, self.reducer), \
                 capture_penultimate(self.student, detach=False) as s_feats:
             s_logits = self.student(inputs)
         kl = kd_loss(s_logits, t_logits, c.temperature)
         loss = c.kl_weight * kl
         parts = {"kl": kl.item()}
-        if c.ce_weight:  # on the unblended part of the batch, whose labels hold
-            n = num_blended
-            ce = F.cross_entropy(s_logits[n:], y[n:]) if n < len(y) else s_logits.new_zeros(())
+        if c.ce_weight:  # on the unblended images of the batch, whose labels hold: their mean over all processes
+            kept = ~blended
+            total = distributed.all_reduce(kept.sum()).item()
+            ce = (F.cross_entropy(s_logits[kept], y[kept], reduction="sum") * distributed.world_size() / total
+                  if total else s_logits.new_zeros(()))
             loss = loss + c.ce_weight * ce
             parts["ce"] = ce.item()
         if c.feature_weight:
@@ -284,6 +321,7 @@ class Distiller:
             parts["feat"] = feat.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(p for group in self.opt.param_groups for p in group["params"])
         self.opt.step()
         self.sched.step()
         with torch.no_grad():
@@ -303,6 +341,9 @@ class Distiller:
             if self.step_index >= self.config.warmup_steps:
                 parts.update(self._student_step(inputs, y))
         self.step_index += 1
+        if self.parallel and parts:  # the global batch's losses: the mean of the processes' equal shares
+            values = torch.tensor(list(parts.values()), device=inputs.device)  # NCCL reduces GPU tensors only
+            parts = dict(zip(parts, (distributed.all_reduce(values) / distributed.world_size()).tolist()))
         return parts
 
     def state_dict(self) -> dict:

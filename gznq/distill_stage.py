@@ -8,14 +8,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
+from dfq import distributed
 from dfq.data import load_dataset
 from dfq.io import atomic_write, truncate_log
 from dfq.models.spec import InputSpec
 from dfq.plots import plot_log
 from generators.checkpoint import load_generator
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.parallel import local_rows
 from generators.pixel_opt import load_pixels
 from gznq.distill import Distiller, DistillConfig, run_distillation
 from gznq.sources import Source
@@ -26,11 +28,34 @@ PLOT_FILE = "distill_log.png"
 DISTILL_FILES = (STATE_FILE, LOG_FILE, PLOT_FILE)
 
 
+class LocalRowsSampler:
+    """Shuffled global batches of `batch_size` indices (the last partial one dropped), of which this process
+    takes its rows (`generators.parallel.local_rows`): the processes together load each global batch once,
+    and in one process this is a shuffled batch sampler.
+
+    Raises:
+        ValueError: the batch does not split into equal shares of pairs for the processes.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, generator: torch.Generator) -> None:
+        self.rows = local_rows(batch_size, distributed.rank(), distributed.world_size()).tolist() \
+            if distributed.is_distributed() else list(range(batch_size))
+        self.batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=True)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [batch[i] for i in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, config: DistillConfig,
                  seed: int, fresh_generator: bool = False, workers: int = 2):
     """(generator, batches) for the Distiller, exactly one of them set: the source's generator in the loop
     (or, with `fresh_generator`, an untrained one of the default architecture, as the GDFQ recipe trains its
-    own), or the real or pixel images cycled in shuffled batches."""
+    own), or the real or pixel images cycled in shuffled batches (under several processes, each its rows of
+    each global batch: `LocalRowsSampler`)."""
     device = next(teacher.parameters()).device
     if source.kind == "generator":
         if fresh_generator:
@@ -44,11 +69,11 @@ def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec:
     shuffle = torch.Generator().manual_seed(seed)
     if source.kind == "real":
         ds = load_dataset(source.path, spec, train=True)
-        return None, DataLoader(ds, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                                generator=shuffle, persistent_workers=workers > 0)
+        return None, DataLoader(ds, batch_sampler=LocalRowsSampler(ds, config.batch_size, shuffle),
+                                num_workers=workers, generator=shuffle, persistent_workers=workers > 0)
     images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
     ds = TensorDataset(normalize(images, spec.mean, spec.std), labels)
-    return None, DataLoader(ds, batch_size=min(config.batch_size, len(ds)), shuffle=True, drop_last=True,
+    return None, DataLoader(ds, batch_sampler=LocalRowsSampler(ds, min(config.batch_size, len(ds)), shuffle),
                             generator=shuffle)
 
 

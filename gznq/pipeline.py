@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from generators.checkpoint import check_generator_spec, load_generator, read_gen
 from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import DistillConfig, Distiller
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
-from gznq.outdir import ResultKind, check_output, writing_output
+from gznq.outdir import ResultKind, check_output, partial_dir, writing_output
 from gznq.sources import REFINABLE, check_source, image_set, parse_source
 
 METHODS = ("calibrate", "reconstruct", "distill")
@@ -116,6 +117,10 @@ class PipelineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("source", "checkpoint", "eval_data", "out", "image_cache"):  # a Path is kept as its string
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         methods = [m for m in self.methods if m != "calibrate"]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -186,8 +191,9 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     c = config
     world, main = distributed.world_size(), distributed.is_main_process()
     if world > 1:  # several processes (accelerate launch): each makes and uses its share of the images
-        if "distill" in c.methods:
-            raise ValueError("distillation runs as one process; leave out distill, or run without accelerate launch")
+        if "distill" in c.methods and c.distill.batch_size % (2 * world):
+            raise ValueError(f"distillation's batch of {c.distill.batch_size} images must split into {world} equal "
+                             f"shares of pairs, one per process: use a batch size divisible by {2 * world}")
         made = [c.calib_images] + ([] if c.recon_from_calib else [c.recon_images or 1024])  # image sets made
         if c.source.startswith("generator:"):  # the stream deals whole batches to the processes in turn
             made = [math.ceil(n / c.batch_size) for n in made]
@@ -299,7 +305,8 @@ def _run(c: PipelineConfig, source, teacher: nn.Module, spec, options, work: Pat
     student = quantize_model(teacher, c.quant)
     refine = c.refine_config()
     refine = refine if source.kind in REFINABLE and refine.steps > 0 else None
-    state = load_distill_state(work) if c.resume else None
+    # several processes: each reads the interrupted run's checkpoint, which the main process writes
+    state = load_distill_state(work if work is not None else partial_dir(c.out)) if c.resume else None
     if state is not None:  # the student, its metadata and its records come from the interrupted run
         _check_resumed(c, state)
         metadata, records = state["run"]["metadata"], state["run"]["records"]

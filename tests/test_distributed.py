@@ -1,6 +1,8 @@
 """Two processes (gloo, on the CPU) against one: the global-batch BN loss, calibration ranges and evaluation
 counts must equal the single-process ones on the same images."""
 
+import dataclasses
+import json
 import math
 import os
 import socket
@@ -181,14 +183,155 @@ def test_the_pipeline_on_two_processes_keeps_one_student(tmp_path):
     assert runs[0]["report"]["calib_images"] == 16 and runs[1]["report"]["processes"] == WORLD
 
 
-def test_distillation_is_refused_under_several_processes(monkeypatch):
-    import dataclasses
+DISTILL_RUNS = {  # every term that needs the global batch: blends across it, CE on its unblended images (uneven
+    # between the processes at mix_fraction 0.25), the bounded adversarial term, tracked activation ranges, and a
+    # student BatchNorm in training (GDFQ's)
+    "ours": dict(mix_fraction=0.25, ce_weight=0.5, feature_weight=0.1, adversarial_bound=0.05, act_ema_steps=2),
+    "bounded": dict(adversarial_weight=1000.0, adversarial_bound=1e-9),  # the bound holds: no adversarial gradient
+    "gdfq": "gdfq",
+    "batches": dict(generator_every=0, mix_fraction=0.5, ce_weight=1.0),
+}
 
+
+def _distill(run, steps=3, taken=None):
+    """`taken` (default all) of `steps` distillation steps of a tiny student (global batch 16); returns the
+    student's and generator's weights and the losses of every step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from generators.network import ConditionalGenerator, GeneratorConfig
+    from gznq.distill import DistillConfig, Distiller, gdfq_recipe
+    from gznq.distill_stage import LocalRowsSampler
+
+    torch.manual_seed(0)
+    teacher = tiny_teacher()
+    with torch.no_grad():  # confident logits, so that student and teacher disagree measurably
+        teacher[-1].weight.mul_(30)
+    generator = ConditionalGenerator(GeneratorConfig(**GEN_CONFIG))
+    options = DISTILL_RUNS[run]
+    config = (dataclasses.replace(gdfq_recipe(steps, batch_size=16), warmup_steps=1) if options == "gdfq"
+              else DistillConfig(**{**dict(steps=steps, batch_size=16, lr=1e-3, scale_lr=1e-3), **options}))
+    student = quantize_model(teacher, QuantConfig(w_bits=4, a_bits=4, protocol="paper", act_observer="minmax",
+                                                  fold_bn=options != "gdfq"))
+    calibrate(student, [normalize(_images(16, seed=3), TINY_SPEC.mean, TINY_SPEC.std)])
+    if run == "batches":
+        data = TensorDataset(normalize(_images(48, seed=4), TINY_SPEC.mean, TINY_SPEC.std), torch.arange(48) % 4)
+        shuffle = torch.Generator().manual_seed(5)
+        loader = DataLoader(data, batch_sampler=LocalRowsSampler(data, 16, shuffle), generator=shuffle)
+        distiller = Distiller(student, teacher, TINY_SPEC, config, batches=loader)
+    else:
+        distiller = Distiller(student, teacher, TINY_SPEC, config, generator=generator)
+    losses = [distiller.step() for _ in range(steps if taken is None else taken)]
+    return {"student": student.state_dict(), "generator": generator.state_dict(), "losses": losses}
+
+
+def _distill_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        torch.save({run: _distill(run) for run in DISTILL_RUNS}, os.path.join(out_dir, f"distill_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_distillation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill")
+    mp.spawn(_distill_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"distill_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("run", list(DISTILL_RUNS))
+def test_distillation_steps_on_two_processes_leave_the_single_process_student(two_process_distillation, run):
+    torch.set_num_threads(1)
+    single = _distill(run)
+    for result in two_process_distillation:
+        for part in ("student", "generator"):
+            for key, value in single[part].items():
+                assert torch.allclose(result[run][part][key].float(), value.float(), atol=1e-5, equal_nan=True), (
+                    part, key)
+        assert len(result[run]["losses"]) == len(single["losses"])
+        for got, expected in zip(result[run]["losses"], single["losses"]):  # the global batch's losses
+            assert got.keys() == expected.keys()
+            assert all(abs(got[k] - expected[k]) < 1e-4 * max(1.0, abs(expected[k])) for k in got), (got, expected)
+    changed = [k for k, v in single["student"].items() if v.is_floating_point()
+               and not torch.equal(v, _distill(run, taken=0)["student"][k])]
+    assert changed  # the steps moved the student: equal weights are not equal untouched weights
+
+
+def _distill_pipeline_config(out, generator_dir, *, resume=False):
+    from generators.refine import RefineConfig
+    from gznq import PipelineConfig
+    from gznq.distill import DistillConfig
+
+    return PipelineConfig(model="tiny", source=f"generator:{generator_dir}", methods=("distill",), calib_images=16,
+                          batch_size=8, refine=RefineConfig(steps=0), save_every=2, resume=resume,
+                          distill=DistillConfig(steps=4, batch_size=8, lr=1e-3, scale_lr=1e-3, ce_weight=0.5),
+                          quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper", act_observer="minmax"),
+                          out=out, progress=False, workers=0, device="cpu")
+
+
+def _distill_pipeline_worker(rank, port, out_dir):
+    from dfq.models import Teacher
     from gznq import run_pipeline
 
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        generator = os.path.join(out_dir, "gen")
+        for name, resume in (("resumed", True), ("fresh", False)):
+            result = run_pipeline(_distill_pipeline_config(os.path.join(out_dir, name), generator, resume=resume),
+                                  teacher=Teacher(tiny_teacher(), TINY_SPEC))
+            torch.save(result.student.state_dict(), os.path.join(out_dir, f"{name}_rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distillation_in_the_pipeline_on_two_processes_and_resumed_there(tmp_path, monkeypatch):
+    """Started by one process and interrupted, continued by two; and run by two from the start: both end with
+    the student one uninterrupted process makes."""
+    from dfq.models import Teacher
+    from dfq.quant import load_student
+    from gznq import run_pipeline
+    from gznq.distill import Distiller
+
+    torch.set_num_threads(1)
+    _train_tiny_generator(tmp_path / "gen")
+    whole = run_pipeline(_distill_pipeline_config(tmp_path / "whole", tmp_path / "gen"),
+                         teacher=Teacher(tiny_teacher(), TINY_SPEC)).student.state_dict()
+    original, calls = Distiller.step, {"n": 0}
+
+    def ctrl_c_on_third_step(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Distiller, "step", ctrl_c_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_distill_pipeline_config(tmp_path / "resumed", tmp_path / "gen"),
+                     teacher=Teacher(tiny_teacher(), TINY_SPEC))
+    monkeypatch.setattr(Distiller, "step", original)
+    assert (tmp_path / "resumed.partial" / "distill_state.pt").is_file()
+    mp.spawn(_distill_pipeline_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for name in ("resumed", "fresh"):
+        saved, _ = load_student(tmp_path / name, model=tiny_teacher())
+        for state in [saved.state_dict()] + [torch.load(tmp_path / f"{name}_rank{r}.pt") for r in range(WORLD)]:
+            for key, value in whole.items():  # Adam's steps are lr = 1e-3; float rounding moves them 3e-5 here
+                assert torch.allclose(state[key].float(), value.float(), atol=2e-4, equal_nan=True), (name, key)
+    report = json.loads((tmp_path / "resumed" / "report.json").read_text())
+    assert report["distill_steps"] == 4 and report["processes"] == WORLD
+
+
+def test_distillation_needs_a_batch_that_splits(monkeypatch):
+    from gznq import run_pipeline
+    from gznq.distill import DistillConfig
+
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    config = dataclasses.replace(_pipeline_config(None), methods=("reconstruct", "distill"), source="real:/nowhere")
-    with pytest.raises(ValueError, match="distillation runs as one process"):
+    config = dataclasses.replace(_pipeline_config(None), methods=("reconstruct", "distill"), source="real:/nowhere",
+                                 distill=DistillConfig(batch_size=18))
+    with pytest.raises(ValueError, match="divisible by 4"):
         run_pipeline(config)
     config = dataclasses.replace(_pipeline_config(None), calib_images=15)
     with pytest.raises(ValueError, match="equal shares"):

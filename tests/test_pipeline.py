@@ -16,3 +16,13 @@ def test_distillation_keeps_the_weight_grids_of_a_reconstruction_and_learns_them
 
     assert run("reconstruct", "distill")["distill_config"]["weight_scales"] is False
     assert run("distill")["distill_config"]["weight_scales"] is True
+
+
+def test_paths_are_accepted_and_recorded_as_strings(tmp_path):
+    import json
+
+    config = PipelineConfig(source=f"real:{tmp_path}", out=tmp_path / "student", eval_data=tmp_path,
+                            image_cache=tmp_path / "cache")
+    assert (config.out, config.eval_data, config.image_cache) == (
+        str(tmp_path / "student"), str(tmp_path), str(tmp_path / "cache"))
+    assert json.loads(json.dumps(config.to_dict()))["out"] == str(tmp_path / "student")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfq import distributed
 from dfq.quant.observers import Observer, QuantSpec, create_observer
 from dfq.quant.primitives import fake_quantize, int_range, lsq_fake_quantize, qparams_from_range, reduce_range
 
@@ -21,7 +22,8 @@ class TensorQuantizer(nn.Module):
         GDFQ-family recipes do for weights during fine-tuning.
       - tracking (`track_momentum = m`): in training mode, move the range towards each batch's min-max
         by an exponential moving average with momentum m, then quantize (GDFQ's activation ranges
-        early in fine-tuning); the average is the stored range itself, not a bias-corrected copy.
+        early in fine-tuning); the average is the stored range itself, not a bias-corrected copy. Under
+        several processes (`dfq.distributed`) each batch's min-max is that of every process's batch.
     With `learnable=True` the scale is trained with LSQ's gradient (after calibration initialises it).
 
     Args:
@@ -165,6 +167,7 @@ class TensorQuantizer(nn.Module):
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:
         lo, hi = reduce_range(x, self.spec.axis)
+        lo, hi = distributed.all_reduce(lo, "min"), distributed.all_reduce(hi, "max")  # the global batch's
         if torch.isnan(self.running_min).any():
             self.running_min.copy_(lo)
             self.running_max.copy_(hi)
