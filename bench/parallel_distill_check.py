@@ -8,8 +8,12 @@ loss of one process and of two, then the largest difference of any student and g
 two agree to float rounding; in float32 they drift apart after a step or two even though each step is the same
 computation, because Adam divides near-zero gradients (a conv bias before BatchNorm, a scale whose images all
 round the same way) by their own size, so float rounding decides the direction of a full learning-rate step, and
-a 4-bit student's output jumps when a weight crosses a rounding boundary. One process against itself with
-gradients perturbed by 1e-9 drifts the same way.
+a 4-bit student's output jumps when a weight crosses a rounding boundary. `--perturb 1e-9` compares one process
+with itself, its gradients perturbed by Gaussian noise of that size (in place of the second run on two processes),
+to show that drift without any second process:
+
+    OMP_NUM_THREADS=1 python -m bench.parallel_distill_check --generator runs/generator_r20_v2 --dtype float32 \
+        --perturb 1e-9
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import gznq.distill
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig, calibrate, quantize_model
 from generators.checkpoint import load_generator
@@ -37,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--perturb", type=float, default=0.0,
+                   help="instead of two processes: one process with its gradients perturbed by noise of this size")
     return p.parse_args(argv)
 
 
@@ -78,9 +85,39 @@ def largest_difference(a: dict, b: dict) -> tuple[str, float]:
     return key, diffs[key]
 
 
+def perturbed(args: argparse.Namespace) -> tuple[list[dict], dict, dict]:
+    """`distill` in this process with Gaussian noise of size `args.perturb` added to every gradient the Distiller
+    averages (the averaging is the identity in one process; it is the one place every gradient passes)."""
+    noise = torch.Generator().manual_seed(2)
+
+    def add_noise(params) -> None:
+        for p in params:
+            if p.grad is not None:
+                p.grad.add_(torch.randn(p.grad.shape, generator=noise).to(p.grad) * args.perturb)
+
+    original = gznq.distill.distributed.average_gradients
+    gznq.distill.distributed.average_gradients = add_noise
+    try:
+        return distill(args)
+    finally:
+        gznq.distill.distributed.average_gradients = original
+
+
+def report(one, two) -> None:
+    for step, (a, b) in enumerate(zip(one[0], two[0]), 1):
+        print(f"step {step}: " + ", ".join(f"{k} {a[k]:.6f} / {b[k]:.6f}" for k in a))
+    for name, i in (("student", 1), ("generator", 2)):
+        key, diff = largest_difference(one[i], two[i])
+        print(f"{name}: largest weight difference {diff:.2e} ({key})")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.perturb:
+        one, two = distill(args), perturbed(args)
+        report(one, two)
+        return
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -88,12 +125,7 @@ def main(argv=None) -> None:
         path = os.path.join(tmp, "two.pt")
         mp.spawn(_worker, args=(port, args, path), nprocs=2, join=True)
         two = torch.load(path, weights_only=False)
-    one = distill(args)
-    for step, (a, b) in enumerate(zip(one[0], two[0]), 1):
-        print(f"step {step}: " + ", ".join(f"{k} {a[k]:.6f} / {b[k]:.6f}" for k in a))
-    for name, i in (("student", 1), ("generator", 2)):
-        key, diff = largest_difference(one[i], two[i])
-        print(f"{name}: largest weight difference {diff:.2e} ({key})")
+    report(distill(args), two)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,10 @@ class GeneratorObjective(nn.Module):
         y = balanced_labels(half, generator.config.num_classes, rng).repeat(2)
         z = torch.randn(2 * half, generator.config.latent_dim, generator=rng)
         y, z = y.to(device), z.to(device)
-        x = generator(z, y, generator=rng if device.type == "cpu" else None,
+        noise = rng  # on an accelerator: a device generator seeded from rng, so that the draws stay reproducible,
+        if device.type != "cpu":  # resumable (rng is saved) and the same in every process of a global batch
+            noise = torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+        x = generator(z, y, generator=noise,
                       rows=None if rows is None else rows.to(device))
         if rows is not None:
             y, z = y[rows.to(device)], z[rows.to(device)]

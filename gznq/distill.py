@@ -174,6 +174,9 @@ class Distiller:
                  generator: ConditionalGenerator | None = None, batches: Iterable | None = None) -> None:
         if (generator is None) == (batches is None):
             raise ValueError("give exactly one data source: a generator or batches")
+        if batches is not None and distributed.is_distributed():
+            local_rows(config.batch_size, distributed.rank(), distributed.world_size())  # a batch that splits
+        self._local_batch = config.batch_size // distributed.world_size()
         self.student, self.teacher, self.generator, self.spec, self.config = student, teacher, generator, spec, config
         self.batches = cycle(batches) if batches is not None else None
         c = config
@@ -253,12 +256,7 @@ class Distiller:
             with torch.no_grad():
                 t_logits = self.teacher(inputs)
             disagreement = kd_loss(s_logits, t_logits, 1.0)
-            if self.parallel:  # bounded as the global batch's mean is; each process's share of its gradient
-                below = (distributed.all_reduce(disagreement) / distributed.world_size()) < c.adversarial_bound
-                bounded = disagreement if bool(below) else disagreement.detach().clamp(max=c.adversarial_bound)
-            else:
-                bounded = torch.clamp(disagreement, max=c.adversarial_bound)
-            loss = loss - c.adversarial_weight * bounded
+            loss = loss - c.adversarial_weight * bounded_mean(disagreement, c.adversarial_bound)
             parts["g_adv"] = disagreement.item()
         self.gen_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -271,6 +269,10 @@ class Distiller:
         c = self.config
         if self.generator is None:
             x, y = next(self.batches)
+            if self.parallel and len(x) != self._local_batch:
+                raise ValueError(f"under {distributed.world_size()} processes each process's batches must hold its "
+                                 f"share of a global batch of {c.batch_size} ({self._local_batch} images, its "
+                                 f"local_rows), got {len(x)}; load them with gznq.distill_stage.LocalRowsSampler")
             device = next(self.student.parameters()).device
             return x.to(device), y.to(device), {}
         if c.generator_every and self.step_index % c.generator_every == 0:
@@ -365,6 +367,16 @@ class Distiller:
         self.step_index = state["step"]
         self.seconds = state.get("seconds", 0.0)
         self._set_tracking()
+
+
+def bounded_mean(value: torch.Tensor, bound: float) -> torch.Tensor:
+    """min(value, bound) for a mean over a batch (its gradient when below the bound, none above). Under several
+    processes `value` is this process's mean over its equal share of the global batch: the bound applies to the
+    mean over all processes, and below it each process keeps its share's gradient (averaged, the whole batch's)."""
+    if not distributed.is_distributed():
+        return torch.clamp(value, max=bound)
+    mean = distributed.all_reduce(value) / distributed.world_size()
+    return value if bool(mean <= bound) else value.detach().clamp(max=bound)
 
 
 def run_distillation(distiller: Distiller, *, on_log: Callable[[int, dict, float], None] | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import time
@@ -36,6 +37,7 @@ from dfq.quant.reconstruct import ReconstructConfig, first_images, reconstruct
 from dfq.quant.serialization import META_FILE, WEIGHTS_FILE
 from generators.augment import scaled_shift, with_jittered_copies
 from generators.checkpoint import check_generator_spec, load_generator, read_generator_meta
+from generators.pixel_opt import PIXELS_META
 from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import DistillConfig, Distiller
 from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
@@ -206,6 +208,13 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
         c = dataclasses.replace(c, progress=c.progress and main)
     source = parse_source(c.source)
     check_source(source)
+    pixel_meta = source.path / PIXELS_META if source.kind == "pixels" else None
+    if world > 1 and "distill" in c.methods and pixel_meta is not None and pixel_meta.is_file():
+        held = json.loads(pixel_meta.read_text()).get("num_images", 0)
+        if held < c.distill.batch_size:  # one process shrinks its batch to the set; shares of a global one cannot
+            raise ValueError(f"the pixel set {source.path!r} holds {held} images, fewer than a distillation batch of "
+                             f"{c.distill.batch_size}: under several processes use a --distill-batch-size of at most "
+                             f"{held} divisible by {2 * world}")
     if c.eval_data is not None and not Path(c.eval_data).exists():
         raise FileNotFoundError(f"evaluation data {c.eval_data!r} does not exist")
     if c.out is not None:
