@@ -42,3 +42,30 @@ def _seed_and_isolate(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("GZNQ_OFFLINE", "1")
     monkeypatch.delenv("GZNQ_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+@pytest.fixture
+def ctrl_c_at_distill_step(monkeypatch):
+    """`with ctrl_c_at_distill_step(3):` the third `Distiller.step` in the block raises KeyboardInterrupt, as
+    Ctrl-C would there; the steps before it run as usual."""
+    import contextlib
+
+    from gznq.distill import Distiller
+
+    @contextlib.contextmanager
+    def interrupt(at: int):
+        original, calls = Distiller.step, {"n": 0}
+
+        def step(self):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise KeyboardInterrupt
+            return original(self)
+
+        monkeypatch.setattr(Distiller, "step", step)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(Distiller, "step", original)
+
+    return interrupt

@@ -1,6 +1,7 @@
 """Two processes (gloo, on the CPU) against one: the global-batch BN loss, calibration ranges and evaluation
 counts must equal the single-process ones on the same images."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,6 +29,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _process_group(rank, port):
+    """This process as `rank` of a gloo group of WORLD processes on this machine, on one thread; the group is
+    destroyed on the way out."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _images(n=16, seed=1):
@@ -62,10 +76,7 @@ def _eval_model():
 
 
 def _worker(rank, port, out_dir, data_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _process_group(rank, port):
         images = _images()
         share = images[rank::WORLD]  # this process's half of the global batch
         loss, grad = _bn_loss(share, distributed_sum_reducer())
@@ -85,8 +96,6 @@ def _worker(rank, port, out_dir, data_dir):
             result["shard"] = len(loader.dataset)
             result["eval"] = evaluate(model, loader, teacher=model, progress=False).to_dict()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 GEN_CONFIG = dict(num_classes=4, image_size=8, base_size=4, width=16, latent_dim=8, embed_dim=8)
@@ -101,17 +110,12 @@ def _train_tiny_generator(out, steps=2, resume=False):
 
 
 def _generator_worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _process_group(rank, port):
         generator = _train_tiny_generator(os.path.join(out_dir, "gen"))
         torch.save(generator.state_dict(), os.path.join(out_dir, f"gen_rank{rank}.pt"))
         # a run started by one process, continued by two
         generator = _train_tiny_generator(os.path.join(out_dir, "started_alone"), steps=2, resume=True)
         torch.save(generator.state_dict(), os.path.join(out_dir, f"resumed_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_generator_steps_leave_the_single_process_weights(tmp_path):
@@ -155,16 +159,11 @@ def _pipeline_worker(rank, port, out_dir):
     from dfq.models import Teacher
     from gznq import run_pipeline
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _process_group(rank, port):
         result = run_pipeline(_pipeline_config(os.path.join(out_dir, "student")),
                               teacher=Teacher(tiny_teacher(), TINY_SPEC))
         torch.save({"state": result.student.state_dict(), "report": result.report},
                    os.path.join(out_dir, f"pipeline_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_pipeline_on_two_processes_keeps_one_student(tmp_path):
@@ -235,10 +234,7 @@ def _bounded_gradients(values, bound):
 
 
 def _distill_worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _process_group(rank, port):
         result = {run: _distill(run) for run in DISTILL_RUNS}
         # the bound applies to the mean over processes: 0.5 and 1.2 are below 1 together, 0.5 and 2.0 are not
         result["bounded_mean"] = [_bounded_gradients(values, 1.0) for values in ((0.5, 1.2), (0.5, 2.0))]
@@ -256,8 +252,6 @@ def _distill_worker(rank, port, out_dir):
         except ValueError as exc:
             result["whole_batches"] = str(exc)
         torch.save(result, os.path.join(out_dir, f"distill_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -301,44 +295,28 @@ def _distill_pipeline_worker(rank, port, out_dir):
     from dfq.models import Teacher
     from gznq import run_pipeline
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _process_group(rank, port):
         generator = os.path.join(out_dir, "gen")
         for name, resume in (("resumed", True), ("fresh", False)):
             result = run_pipeline(_distill_pipeline_config(os.path.join(out_dir, name), generator, resume=resume),
                                   teacher=Teacher(tiny_teacher(), TINY_SPEC))
             torch.save(result.student.state_dict(), os.path.join(out_dir, f"{name}_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
-def test_distillation_in_the_pipeline_on_two_processes_and_resumed_there(tmp_path, monkeypatch):
+def test_distillation_in_the_pipeline_on_two_processes_and_resumed_there(tmp_path, ctrl_c_at_distill_step):
     """Started by one process and interrupted, continued by two; and run by two from the start: both end with
     the student one uninterrupted process makes."""
     from dfq.models import Teacher
     from dfq.quant import load_student
     from gznq import run_pipeline
-    from gznq.distill import Distiller
 
     torch.set_num_threads(1)
     _train_tiny_generator(tmp_path / "gen")
     whole = run_pipeline(_distill_pipeline_config(tmp_path / "whole", tmp_path / "gen"),
                          teacher=Teacher(tiny_teacher(), TINY_SPEC)).student.state_dict()
-    original, calls = Distiller.step, {"n": 0}
-
-    def ctrl_c_on_third_step(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Distiller, "step", ctrl_c_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at_distill_step(3), pytest.raises(KeyboardInterrupt):
         run_pipeline(_distill_pipeline_config(tmp_path / "resumed", tmp_path / "gen"),
                      teacher=Teacher(tiny_teacher(), TINY_SPEC))
-    monkeypatch.setattr(Distiller, "step", original)
     assert (tmp_path / "resumed.partial" / "distill_state.pt").is_file()
     mp.spawn(_distill_pipeline_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for name in ("resumed", "fresh"):

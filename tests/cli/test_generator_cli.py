@@ -144,10 +144,8 @@ def test_generator_quality_report(generator_dir, weights_dir, cifar_test_dir, tm
     assert 0.1 <= report["confidence"] <= 1 and 0.1 <= report["real_confidence"] <= 1
 
 
-def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
+def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, capsys, ctrl_c_at_distill_step):
     from safetensors.torch import load_file
-
-    from gznq.distill import Distiller
 
     ckpt = str(weights_dir / "resnet20-12fca82f.th")
     out = tmp_path / "sd"
@@ -156,18 +154,8 @@ def test_distill_interrupted_then_resumed(generator_dir, weights_dir, tmp_path, 
             "--method", "distill", "--refine-steps", "0", "--distill-steps", "4", "--distill-batch-size", "16",
             "--save-every", "2", "--generator-every", "2", "--no-progress", "--workers", "0"]
     args = base + ["--out", str(out)]
-    original = Distiller.step
-    calls = {"n": 0}
-
-    def ctrl_c_on_third_step(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Distiller, "step", ctrl_c_on_third_step)
-    assert train_main(args) == 130
-    monkeypatch.setattr(Distiller, "step", original)
+    with ctrl_c_at_distill_step(3):
+        assert train_main(args) == 130
     assert "continue with the same command and --resume" in capsys.readouterr().out
     partial = tmp_path / "sd.partial"
     assert not out.exists()  # nothing half-written where the student goes
