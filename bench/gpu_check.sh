@@ -3,7 +3,8 @@
 #   1. tests/test_cuda.py (each stage on CUDA, agreeing with the CPU);
 #   2. the README main job on the GPU (generator, then refine + calibrate + reconstruct + evaluate), timed;
 #   3. ImageNet size: a random-weight tv:resnet18 at 224 through every stage (bench/scale_bench.py), timed;
-#   4. with more than one GPU, the generator trained by 2 processes under accelerate launch (NCCL);
+#   4. with more than one GPU, the generator trained by 2 processes under accelerate launch (NCCL), then a
+#      student reconstructed and distilled by 2 processes from it;
 #   5. the whole test suite with CUDA present (commands that default to the GPU).
 # Nothing here is needed on the development machines or in CI.
 #
@@ -51,6 +52,11 @@ if (($(nvidia-smi -L | wc -l) > 1)); then
     rm -rf runs/gpu_generator_2p
     stage two_gpus 60 accelerate launch --multi_gpu --num_processes 2 train.py generator --model cifar10_resnet20 \
         --steps 100 --out runs/gpu_generator_2p --no-progress
+    rm -rf runs/gpu_distill_2p
+    stage two_gpus_distill 90 accelerate launch --multi_gpu --num_processes 2 train.py quantize \
+        --model cifar10_resnet20 --source generator:runs/gpu_generator_2p --w-bits 4 --a-bits 4 --protocol paper \
+        --method reconstruct,distill --calib-images 512 --batch-size 128 --distill-steps 100 \
+        --eval-data ../shared/assets/cifar10-jpeg/test --out runs/gpu_distill_2p --no-progress
 else
     echo "== two_gpus: skipped, one GPU"
 fi
