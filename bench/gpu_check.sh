@@ -58,7 +58,7 @@ if (($(nvidia-smi -L | wc -l) > 1)); then
         --method reconstruct,distill --calib-images 512 --batch-size 128 --distill-steps 100 \
         --eval-data ../shared/assets/cifar10-jpeg/test --out runs/gpu_distill_2p --no-progress
 else
-    echo "== two_gpus: skipped, one GPU"
+    echo "== two_gpus, two_gpus_distill: skipped, one GPU"
 fi
 # 16 cores: 7 workers of 2 threads each (all threads per worker oversubscribed the cores 8-fold)
 OMP_NUM_THREADS=2 stage suite 150 python3 -m pytest -q -rs -p no:cacheprovider -n 7 tests --ignore=tests/test_cuda.py

@@ -174,15 +174,13 @@ class Distiller:
                  generator: ConditionalGenerator | None = None, batches: Iterable | None = None) -> None:
         if (generator is None) == (batches is None):
             raise ValueError("give exactly one data source: a generator or batches")
-        if batches is not None and distributed.is_distributed():
-            local_rows(config.batch_size, distributed.rank(), distributed.world_size())  # a batch that splits
+        self.parallel = distributed.is_distributed()
+        if self.parallel:  # refuses a batch that does not split into equal shares of pairs
+            local_rows(config.batch_size, distributed.rank(), distributed.world_size())
         self._local_batch = config.batch_size // distributed.world_size()
         self.student, self.teacher, self.generator, self.spec, self.config = student, teacher, generator, spec, config
         self.batches = cycle(batches) if batches is not None else None
         c = config
-        self.parallel = distributed.is_distributed()
-        if self.parallel and generator is not None:  # refuses a batch that does not split into equal shares
-            local_rows(c.batch_size, distributed.rank(), distributed.world_size())
         self.act_quantizers = [q for n, q in quantizers(student) if n.endswith("input_quantizer")]
         self.weight_quantizers = [q for n, q in quantizers(student) if n.endswith("weight_quantizer")]
         for q in self.weight_quantizers:
@@ -272,7 +270,8 @@ class Distiller:
             if self.parallel and len(x) != self._local_batch:
                 raise ValueError(f"under {distributed.world_size()} processes each process's batches must hold its "
                                  f"share of a global batch of {c.batch_size} ({self._local_batch} images, its "
-                                 f"local_rows), got {len(x)}; load them with gznq.distill_stage.LocalRowsSampler")
+                                 f"local_rows), got {len(x)}; load them with gznq.distill_stage.LocalRowsSampler "
+                                 "and a dataset of at least one global batch")
             device = next(self.student.parameters()).device
             return x.to(device), y.to(device), {}
         if c.generator_every and self.step_index % c.generator_every == 0:
@@ -376,7 +375,7 @@ def bounded_mean(value: torch.Tensor, bound: float) -> torch.Tensor:
     if not distributed.is_distributed():
         return torch.clamp(value, max=bound)
     mean = distributed.all_reduce(value) / distributed.world_size()
-    return value if bool(mean <= bound) else value.detach().clamp(max=bound)
+    return value if bool(mean < bound) else value.detach().clamp(max=bound)  # at the bound, as clamp: none
 
 
 def run_distillation(distiller: Distiller, *, on_log: Callable[[int, dict, float], None] | None = None,

@@ -73,6 +73,10 @@ def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec:
                                 num_workers=workers, generator=shuffle, persistent_workers=workers > 0)
     images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
     ds = TensorDataset(normalize(images, spec.mean, spec.std), labels)
+    if distributed.is_distributed() and len(ds) < config.batch_size:  # shares of a global batch cannot shrink
+        raise ValueError(f"the pixel set {str(source.path)!r} holds {len(ds)} images, fewer than a distillation "
+                         f"batch of {config.batch_size}: under several processes use a batch size of at most "
+                         f"{len(ds)} divisible by {2 * distributed.world_size()}")
     return None, DataLoader(ds, batch_sampler=LocalRowsSampler(ds, min(config.batch_size, len(ds)), shuffle),
                             generator=shuffle)
 

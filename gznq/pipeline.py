@@ -212,7 +212,7 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     if world > 1 and "distill" in c.methods and pixel_meta is not None and pixel_meta.is_file():
         held = json.loads(pixel_meta.read_text()).get("num_images", 0)
         if held < c.distill.batch_size:  # one process shrinks its batch to the set; shares of a global one cannot
-            raise ValueError(f"the pixel set {source.path!r} holds {held} images, fewer than a distillation batch of "
+            raise ValueError(f"the pixel set {str(source.path)!r} holds {held} images, fewer than a distillation batch of "
                              f"{c.distill.batch_size}: under several processes use a --distill-batch-size of at most "
                              f"{held} divisible by {2 * world}")
     if c.eval_data is not None and not Path(c.eval_data).exists():

@@ -163,3 +163,13 @@ def test_adversarial_bound_below_the_disagreement_removes_the_adversarial_gradie
     unbounded, _ = _generator_after_one_step(adversarial_weight=1.0, adversarial_bound=100.0)
     changed = [k for k in plain if k.endswith("weight") and not torch.equal(plain[k], unbounded[k])]
     assert changed  # the same step with the bound out of reach does feel the term
+
+
+def test_bounded_mean_in_one_process_is_clamp_in_value_and_gradient():
+    from gznq.distill import bounded_mean
+
+    for v in (0.5, 1.0, 2.0):  # below, at and above the bound
+        ours, theirs = torch.tensor(v, requires_grad=True), torch.tensor(v, requires_grad=True)
+        (bounded_mean(ours, 1.0) + 0 * ours).backward()
+        torch.clamp(theirs, max=1.0).backward()
+        assert (bounded_mean(ours, 1.0).item(), ours.grad.item()) == (min(v, 1.0), theirs.grad.item())

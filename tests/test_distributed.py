@@ -245,7 +245,7 @@ def _distill_worker(rank, port, out_dir):
         whole_batches = DataLoader(TensorDataset(_images(32), torch.arange(32) % 4), batch_size=16)
         student = quantize_model(tiny_teacher(), QuantConfig(w_bits=4, a_bits=4, act_observer="minmax"))
         calibrate(student, [_images(16)])
-        try:  # each process handed whole batches, not its share of them
+        try:  # each process handed whole batches, not its share of them (only their size can be checked)
             Distiller(student, tiny_teacher(), TINY_SPEC, DistillConfig(steps=1, batch_size=16, generator_every=0),
                       batches=whole_batches).step()
             result["whole_batches"] = "accepted"
@@ -333,7 +333,7 @@ def test_the_adversarial_bound_applies_to_the_mean_over_processes(two_process_di
         assert result["bounded_mean"] == [1.0, 0.0]
 
 
-def test_batches_that_are_not_this_process_share_are_refused(two_process_distillation):
+def test_batches_of_another_size_than_this_process_share_are_refused(two_process_distillation):
     for result in two_process_distillation:
         assert "share of a global batch of 16 (8 images" in result["whole_batches"]
 
