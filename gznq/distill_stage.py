@@ -50,6 +50,19 @@ class LocalRowsSampler:
         return len(self.batches)
 
 
+def check_pixel_batch(path: Path, num_images: int, batch_size: int, world: int) -> None:
+    """Refuse a pixel set of `num_images` smaller than a distillation batch under `world` > 1 processes: one
+    process shrinks its batch to the set, but shares of a global batch cannot shrink.
+
+    Raises:
+        ValueError: naming the batch size that would do.
+    """
+    if world > 1 and num_images < batch_size:
+        raise ValueError(f"the pixel set {str(path)!r} holds {num_images} images, fewer than a distillation batch of "
+                         f"{batch_size}: under several processes use a --distill-batch-size of at most "
+                         f"{num_images} divisible by {2 * world}")
+
+
 def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, config: DistillConfig,
                  seed: int, fresh_generator: bool = False, workers: int = 2):
     """(generator, batches) for the Distiller, exactly one of them set: the source's generator in the loop
@@ -73,10 +86,7 @@ def distill_data(source: Source, *, teacher: nn.Module, teacher_name: str, spec:
                                 num_workers=workers, generator=shuffle, persistent_workers=workers > 0)
     images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
     ds = TensorDataset(normalize(images, spec.mean, spec.std), labels)
-    if distributed.is_distributed() and len(ds) < config.batch_size:  # shares of a global batch cannot shrink
-        raise ValueError(f"the pixel set {str(source.path)!r} holds {len(ds)} images, fewer than a distillation "
-                         f"batch of {config.batch_size}: under several processes use a batch size of at most "
-                         f"{len(ds)} divisible by {2 * distributed.world_size()}")
+    check_pixel_batch(source.path, len(ds), config.batch_size, distributed.world_size())
     return None, DataLoader(ds, batch_sampler=LocalRowsSampler(ds, min(config.batch_size, len(ds)), shuffle),
                             generator=shuffle)
 

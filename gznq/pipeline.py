@@ -40,7 +40,8 @@ from generators.checkpoint import check_generator_spec, load_generator, read_gen
 from generators.pixel_opt import PIXELS_META
 from generators.refine import RefineConfig, default_refine_steps
 from gznq.distill import DistillConfig, Distiller
-from gznq.distill_stage import DISTILL_FILES, STATE_FILE, distill_data, load_distill_state, run_distill_stage
+from gznq.distill_stage import (DISTILL_FILES, STATE_FILE, check_pixel_batch, distill_data, load_distill_state,
+                                run_distill_stage)
 from gznq.outdir import ResultKind, check_output, partial_dir, writing_output
 from gznq.sources import REFINABLE, check_source, image_set, parse_source
 
@@ -209,12 +210,9 @@ def run_pipeline(config: PipelineConfig, *, teacher: Teacher | None = None) -> P
     source = parse_source(c.source)
     check_source(source)
     pixel_meta = source.path / PIXELS_META if source.kind == "pixels" else None
-    if world > 1 and "distill" in c.methods and pixel_meta is not None and pixel_meta.is_file():
-        held = json.loads(pixel_meta.read_text()).get("num_images", 0)
-        if held < c.distill.batch_size:  # one process shrinks its batch to the set; shares of a global one cannot
-            raise ValueError(f"the pixel set {str(source.path)!r} holds {held} images, fewer than a distillation batch of "
-                             f"{c.distill.batch_size}: under several processes use a --distill-batch-size of at most "
-                             f"{held} divisible by {2 * world}")
+    if "distill" in c.methods and pixel_meta is not None and pixel_meta.is_file():  # before any work
+        check_pixel_batch(source.path, json.loads(pixel_meta.read_text()).get("num_images", 0),
+                          c.distill.batch_size, world)
     if c.eval_data is not None and not Path(c.eval_data).exists():
         raise FileNotFoundError(f"evaluation data {c.eval_data!r} does not exist")
     if c.out is not None:
