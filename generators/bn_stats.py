@@ -166,6 +166,21 @@ def bn_l2_loss(stats: Sequence[BatchStats], layer_weights: Sequence[float] | Non
 BN_LOSSES = {"kl": bn_kl_loss, "l2": bn_l2_loss}
 
 
+def input_stats_kl(images: torch.Tensor, *, reduce_sums: SumReducer | None = None) -> torch.Tensor:
+    """The input normalization read as the data's first BatchNorm: a teacher's input mean and std are its
+    training data's per-channel statistics, so normalized images should have per-channel mean 0 and variance 1.
+    Returns the mean over channels of KL( N(batch mean, batch var) || N(0, 1) ) of the normalized `images`
+    (B, C, H, W); with `reduce_sums` (data parallelism) the sums of every process are added first."""
+    flat = images.transpose(0, 1).flatten(1)  # (C, B * H * W)
+    s1, s2 = flat.sum(1), (flat * flat).sum(1)
+    count = torch.tensor(float(flat.shape[1]), device=images.device, dtype=images.dtype)
+    if reduce_sums is not None:
+        s1, s2, count = reduce_sums([s1, s2, count])
+    mean = s1 / count
+    var = (s2 / count - mean * mean).clamp_min(0)
+    return gaussian_kl(mean, var, torch.zeros_like(mean), torch.ones_like(var)).mean()
+
+
 def class_bn_kl_loss(stats: Sequence[BatchStats], labels: torch.Tensor, min_count: int = 2, *,
                      num_classes: int | None = None, reduce_sums: SumReducer | None = None) -> torch.Tensor:
     """Per-class view of the BN statistics: for each layer's recorded statistics, the images of each class

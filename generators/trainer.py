@@ -25,7 +25,8 @@ from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
 from generators.augment import random_jitter, scaled_shift
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss, distributed_sum_reducer
+from generators.bn_stats import (BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss, distributed_sum_reducer,
+                                 input_stats_kl)
 from generators.checkpoint import (
     META_FILE,
     check_generator_spec,
@@ -75,6 +76,7 @@ class GeneratorTrainConfig:
     info_size: int = 8
     class_bn_weight: float = 1.0
     class_bn_layers: int = 3
+    input_weight: float = 0.0
     tv_weight: float = 0.0
     max_shift: int = 2  # random-crop jitter in pixels of a 32-pixel image (scaled with the image side)
     flip: bool = True
@@ -91,7 +93,7 @@ class GeneratorTrainConfig:
         if self.diversity_space not in ("pixel", "feature", "pooled"):
             raise ValueError(f"diversity_space must be 'pixel', 'feature' or 'pooled', got {self.diversity_space!r}")
         if min(self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
-               self.tv_weight) < 0:
+               self.input_weight, self.tv_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.info_size < 1 or self.class_bn_layers < 1:
             raise ValueError("info_size and class_bn_layers must be positive")
@@ -105,7 +107,7 @@ class GeneratorTrainConfig:
 # The values of the fields added on 2026-12-01 that reproduce training as it was before them: a run saved
 # before then resumes with these, not with today's defaults.
 BEFORE_NEW_TERMS = {"diversity_space": "feature", "class_bn_weight": 0.0, "class_bn_layers": 3, "info_weight": 0.0,
-                    "info_size": 8}
+                    "info_size": 8, "input_weight": 0.0}
 
 
 def lr_factor(step: int, config: GeneratorTrainConfig) -> float:
@@ -179,6 +181,8 @@ class GeneratorObjective(nn.Module):
         class_bn = class_bn_kl_loss(rec.stats[:c.class_bn_layers], y, num_classes=self.spec.num_classes,
                                     reduce_sums=self.reduce_sums) if c.class_bn_weight else zero
         info = latent_nll(*self.posterior(x), z) if self.posterior is not None else zero
+        inputs = input_stats_kl(normalize(x, self.spec.mean, self.spec.std),
+                                reduce_sums=self.reduce_sums) if c.input_weight else zero
         div = zero
         if c.diversity_weight:
             pairs = (feats[-1] if c.diversity_space == "feature" else x if c.diversity_space == "pixel"
@@ -187,10 +191,11 @@ class GeneratorObjective(nn.Module):
             div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:])
         tv = total_variation(x) if c.tv_weight else zero
         total = (c.ce_weight * ce + c.bn_weight * bn + c.class_bn_weight * class_bn + c.info_weight * info
-                 + c.diversity_weight * div + c.tv_weight * tv)
+                 + c.input_weight * inputs + c.diversity_weight * div + c.tv_weight * tv)
         acc = (logits.argmax(1) == y).float().mean()
         parts = {"loss": total.item(), "ce": ce.item(), "bn": bn.item(), "class_bn": class_bn.item(),
-                 "info": info.item(), "div": div.item(), "tv": tv.item(), "acc": acc.item()}
+                 "info": info.item(), "input": inputs.item(), "div": div.item(), "tv": tv.item(),
+                 "acc": acc.item()}
         return total, parts
 
     def forward(self, generator: ConditionalGenerator, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -301,7 +306,7 @@ def _train(teacher: nn.Module, spec: InputSpec, out: Path, *, teacher_name: str,
                        spec=dataclasses.asdict(spec), record=record)
 
     log_path = out / "losses.csv"
-    fields = ["step", "loss", "ce", "bn", "class_bn", "info", "div", "tv", "acc", "lr", "seconds"]
+    fields = ["step", "loss", "ce", "bn", "class_bn", "info", "input", "div", "tv", "acc", "lr", "seconds"]
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if state is not None and log_path.exists():  # rows logged after the checkpoint are logged again

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from generators.bn_stats import BatchStats, BNStatsRecorder, bn_kl_loss, bn_l2_loss, gaussian_kl
+from generators.bn_stats import BatchStats, BNStatsRecorder, bn_kl_loss, bn_l2_loss, gaussian_kl, input_stats_kl
 from tests.generators.helpers import tiny_teacher
 
 
@@ -84,6 +84,20 @@ def test_kl_matches_a_hand_computed_value():
     s2 = _stats([0.0], [1.0], [0.0], [1.0])
     assert bn_kl_loss([s, s2]).item() == pytest.approx((2 - math.log(2)) / 2, rel=1e-4)
     assert bn_kl_loss([s, s2], layer_weights=[2.0, 1.0]).item() == pytest.approx(2 - math.log(2), rel=1e-4)
+
+
+def test_input_stats_kl_reads_the_normalization_as_mean_0_variance_1():
+    # channel 0 has mean 0 and variance 1 exactly, channel 1 mean 1 and variance 4: KL(N(1, 4) || N(0, 1)) = 2 - log 2
+    base = torch.tensor([-1.0, 1.0, -1.0, 1.0]).view(4, 1, 1, 1).expand(4, 1, 2, 2)
+    images = torch.cat([base, 1 + 2 * base], dim=1).double()
+    assert input_stats_kl(images).item() == pytest.approx((0 + 2 - math.log(2)) / 2, rel=1e-4)
+    assert input_stats_kl(base.double()).item() == pytest.approx(0.0, abs=1e-4)
+    # two processes, each half of the batch: with the sums added, the loss of the whole batch
+    halves = images[:2], images[2:]
+    other = iter([[halves[1].transpose(0, 1).flatten(1).sum(1), halves[1].transpose(0, 1).flatten(1).pow(2).sum(1),
+                   torch.tensor(8.0, dtype=torch.float64)]])
+    added = input_stats_kl(halves[0], reduce_sums=lambda ts: [t + o for t, o in zip(ts, next(other))])
+    assert added.item() == pytest.approx(input_stats_kl(images).item(), rel=1e-6)
 
 
 def test_l2_matches_a_hand_computed_value():

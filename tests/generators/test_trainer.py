@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from generators.bn_stats import BNStatsRecorder, bn_kl_loss
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss, input_stats_kl
 from generators.checkpoint import load_generator, teacher_fingerprint
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
 from generators.trainer import GeneratorObjective, GeneratorTrainConfig, balanced_labels, lr_factor, train_generator
@@ -146,6 +146,32 @@ def test_objective_with_latent_and_class_terms_adds_them_and_trains_the_posterio
         _config(info_weight=-1.0)
     with pytest.raises(ValueError, match="diversity_space"):
         _config(diversity_space="latent")
+
+
+def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normalization(tmp_path):
+    """The input-statistics term: off by default (0 in the parts), added with its weight when on, and training
+    with it brings the normalized images' per-channel statistics toward mean 0, variance 1."""
+    teacher = tiny_teacher()
+    _, parts = GeneratorObjective(teacher, TINY_SPEC, _config())(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
+    assert parts["input"] == 0.0
+    objective = GeneratorObjective(teacher, TINY_SPEC, _config(input_weight=3.0))
+    loss, parts = objective(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
+    c = objective.config
+    expected = (c.ce_weight * parts["ce"] + c.bn_weight * parts["bn"] + c.class_bn_weight * parts["class_bn"]
+                + 3.0 * parts["input"] + c.diversity_weight * parts["div"])
+    assert parts["input"] > 0 and loss.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match=">= 0"):
+        _config(input_weight=-1.0)
+
+    def input_kl(**kw):
+        generator = train_generator(teacher, TINY_SPEC, tmp_path / str(kw), teacher_name="tiny", gen_config=GEN,
+                                    config=_config(steps=40, batch_size=32, **kw), progress=False)
+        z, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
+        with torch.no_grad():
+            x = normalize(generator.eval()(z, y, generator=torch.Generator().manual_seed(2)), TINY_SPEC.mean, TINY_SPEC.std)
+        return input_stats_kl(x).item()
+
+    assert input_kl(input_weight=5.0) < 0.5 * input_kl()
 
 
 def test_pooled_mode_seeking_makes_different_latents_give_visibly_different_images(tmp_path):
