@@ -25,8 +25,14 @@ from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from dfq.plots import plot_log
 from generators.augment import random_jitter, scaled_shift
-from generators.bn_stats import (BN_LOSSES, BNStatsRecorder, SumReducer, class_bn_kl_loss, distributed_sum_reducer,
-                                 input_stats_kl)
+from generators.bn_stats import (
+    BN_LOSSES,
+    BNStatsRecorder,
+    SumReducer,
+    class_bn_kl_loss,
+    distributed_sum_reducer,
+    input_stats_kl,
+)
 from generators.checkpoint import (
     META_FILE,
     check_generator_spec,
