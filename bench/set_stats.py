@@ -1,0 +1,94 @@
+"""What a calibration set looks like to the teacher: per-channel mean and std of the normalized images, the
+teacher's confidence on them, and the BN KL of each batch; optionally a copy with its contrast standardized.
+
+The set is made as the pipeline makes it (`gznq.sources.image_set`, the same cache), so a set a benchmark row
+used is read back rather than made again:
+
+    python -m bench.set_stats --source generator:runs/generator_r20_v2 --refine-steps 10 --seed 0
+    python -m bench.set_stats --source noise --refine-steps 64 --seed 0
+    python -m bench.set_stats --source real:../shared/assets/cifar10-jpeg/train --seed 0
+
+`--standardize DIR` writes the set, each channel shifted and scaled to mean 0 and std 1 after the teacher's
+normalization (what the normalization says its training data had), as a pixel set that
+`bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any other synthetic set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from dfq.models import create_teacher
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss
+from generators.network import normalize
+from generators.pixel_opt import PixelOptConfig, save_pixels
+from generators.refine import RefineConfig
+from gznq.sources import image_set, parse_source
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="cifar10_resnet20")
+    p.add_argument("--source", required=True, help="real:DIR, generator:DIR or noise (gznq.sources)")
+    p.add_argument("--refine-steps", type=int, default=0, help="refinement steps a batch (0: the set as drawn)")
+    p.add_argument("--num-images", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-cache", default="runs/cache")
+    p.add_argument("--standardize", help="write the set with each channel standardized as a pixel set here")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def set_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
+    """Statistics of normalized image batches: per-channel mean and std over the set, the teacher's mean
+    top-class probability and the share of images below 0.9, and the mean over batches of the BN KL."""
+    teacher.eval()
+    images = torch.cat(batches)
+    confidence, kl = [], []
+    for x in batches:
+        with BNStatsRecorder(teacher) as rec:
+            confidence.append(teacher(x).softmax(1).max(1).values)
+        kl.append(bn_kl_loss(rec.stats).item())
+    confidence = torch.cat(confidence)
+    return {"images": len(images), "std": round(images.std().item(), 3),
+            "channel_std": [round(v, 3) for v in images.std((0, 2, 3)).tolist()],
+            "channel_mean": [round(v, 3) for v in images.mean((0, 2, 3)).tolist()],
+            "confidence": round(confidence.mean().item(), 3),
+            "below_0.9": round((confidence < 0.9).float().mean().item(), 3),
+            "batch_bn_kl": round(sum(kl) / len(kl), 4)}
+
+
+def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalized `images` with each channel shifted and scaled to mean 0 and std 1 over the set, returned as
+    pixels in [0, 1] (clamped)."""
+    centre = images.mean((0, 2, 3), keepdim=True)
+    spread = images.std((0, 2, 3), keepdim=True)
+    m = torch.as_tensor(mean).view(1, -1, 1, 1)
+    s = torch.as_tensor(std).view(1, -1, 1, 1)
+    return (((images - centre) / spread) * s + m).clamp(0, 1)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    teacher, spec = create_teacher(args.model)
+    refine = RefineConfig(steps=args.refine_steps) if args.refine_steps else None
+    batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
+                                         num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+                                         refine=refine, cache_dir=args.image_cache)
+    stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed, "made_seconds": round(seconds),
+             "from_cache": reused, **set_stats(teacher, batches)}
+    if args.standardize:
+        images = torch.cat(batches)
+        pixels = standardized(images, spec.mean, spec.std)
+        labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
+        save_pixels(args.standardize, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
+        after = normalize(pixels, spec.mean, spec.std)
+        stats["standardized"] = {"dir": args.standardize, "std": round(after.std().item(), 3)}
+    print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()
