@@ -64,6 +64,9 @@ def add_parsers(sub) -> None:
                    help="how many of the teacher's first BN layers the per-class BN loss covers")
     p.add_argument("--info-weight", type=float, default=_TRAIN_DEFAULTS.info_weight,
                    help="weight of the latent posterior term, -log q(z | x) (generators/posterior.py)")
+    p.add_argument("--input-weight", type=float, default=_TRAIN_DEFAULTS.input_weight,
+                   help="weight of the input-statistics term: the normalized images' per-channel mean and variance "
+                        "against the 0 and 1 the teacher's input normalization implies")
     p.add_argument("--tv-weight", type=float, default=_TRAIN_DEFAULTS.tv_weight, help="weight of total variation")
     p.add_argument("--label-smoothing", type=float, default=_TRAIN_DEFAULTS.label_smoothing, help="in [0, 1)")
     p.add_argument("--width", type=positive_int, default=_GEN_DEFAULTS["width"], help="channels of the first feature map")
@@ -113,7 +116,7 @@ def run_generator(args: argparse.Namespace) -> None:
         steps=args.steps or _TRAIN_DEFAULTS.steps, batch_size=args.batch_size, lr=args.lr, bn_loss=args.bn_loss,
         bn_weight=args.bn_weight, diversity_weight=args.diversity_weight, diversity_space=args.diversity_space,
         ce_weight=args.ce_weight, class_bn_weight=args.class_bn_weight, class_bn_layers=args.class_bn_layers,
-        info_weight=args.info_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing, seed=args.seed,
+        info_weight=args.info_weight, input_weight=args.input_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing, seed=args.seed,
     )
     overrides = spec_overrides(args)
     if args.resume and overrides.is_empty() and (Path(args.out) / GENERATOR_META).is_file():

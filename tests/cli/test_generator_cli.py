@@ -16,6 +16,18 @@ def test_generator_run_writes_checkpoint_logs_and_grid(generator_dir):
     assert (generator_dir / "samples.png").is_file() and (generator_dir / "losses.csv").is_file()
 
 
+def test_generator_input_weight_reaches_the_run(weights_dir, tmp_path):
+    """--input-weight is the input-statistics term: recorded in the run's config and logged, nonzero, as 'input'
+    (0 in a run without it: the conftest generator)."""
+    out = tmp_path / "gen"
+    assert train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
+                       "--steps", "2", "--batch-size", "8", "--width", "16", "--input-weight", "2.5", "--out", str(out),
+                       "--no-progress"]) == 0
+    assert json.loads((out / "generator.json").read_text())["record"]["train_config"]["input_weight"] == 2.5
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert rows[0].split(",")[6] == "input" and float(rows[-1].split(",")[6]) > 0
+
+
 def test_sample_writes_an_image_folder(generator_dir, tmp_path):
     assert train_main(["sample", "--generator", str(generator_dir), "--num-images", "25", "--out", str(tmp_path / "s")]) == 0
     folders = sorted(p.name for p in (tmp_path / "s").iterdir() if p.is_dir())
@@ -191,6 +203,10 @@ def test_bad_generator_terms_and_a_bare_noise_source_are_refused_before_any_work
     out = tmp_path / "gen"
     code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint",
                        str(weights_dir / "resnet20-12fca82f.th"), "--class-bn-weight", "-1", "--out", str(out)])
+    assert code == 2 and "loss weights must be >= 0" in capsys.readouterr().err
+    assert not out.exists()
+    code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint",
+                       str(weights_dir / "resnet20-12fca82f.th"), "--input-weight", "-0.5", "--out", str(out)])
     assert code == 2 and "loss weights must be >= 0" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):
