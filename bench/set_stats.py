@@ -8,18 +8,23 @@ used is read back rather than made again:
     python -m bench.set_stats --source noise --refine-steps 64 --seed 0
     python -m bench.set_stats --source real:../shared/assets/cifar10-jpeg/train --seed 0
 
-`--standardize DIR` writes the set, each channel shifted and scaled to mean 0 and std 1 after the teacher's
-normalization (what the normalization says its training data had), as a pixel set that
-`bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any other synthetic set.
+`--record FILE` keeps the printed statistics as JSON. `--standardize DIR` writes the set, each channel shifted
+and scaled to mean 0 and std 1 after the teacher's normalization (what the normalization says its training data
+had), as a pixel set that `bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any
+other synthetic set; DIR/standardized.json says which set it came from (its pixels.json records a pixel
+optimization that did not run: the format needs one). An existing DIR is replaced only with --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 
 import torch
 
+from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
@@ -37,8 +42,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-cache", default="runs/cache")
+    p.add_argument("--record", help="also write the statistics to this JSON file")
     p.add_argument("--standardize", help="write the set with each channel standardized as a pixel set here")
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace what --standardize's directory holds")
+    args = p.parse_args(argv)
+    if args.standardize and Path(args.standardize).exists() and not args.overwrite:
+        p.error(f"{args.standardize} exists; pass --overwrite to replace it or pick another directory")
+    return args
 
 
 @torch.no_grad()
@@ -78,15 +88,24 @@ def main(argv=None) -> None:
     batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
                                          num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                          refine=refine, cache_dir=args.image_cache)
-    stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed, "made_seconds": round(seconds),
+    stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
+             "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches)}
     if args.standardize:
         images = torch.cat(batches)
         pixels = standardized(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
+        if Path(args.standardize).exists():  # --overwrite
+            shutil.rmtree(args.standardize)
         save_pixels(args.standardize, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
         after = normalize(pixels, spec.mean, spec.std)
         stats["standardized"] = {"dir": args.standardize, "std": round(after.std().item(), 3)}
+        write_json_atomic(Path(args.standardize) / "standardized.json",
+                          {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
+                           "num_images": args.num_images, "batch_size": args.batch_size,
+                           "std_after": stats["standardized"]["std"]})
+    if args.record:
+        write_json_atomic(args.record, stats)
     print(json.dumps(stats))
 
 

@@ -98,9 +98,10 @@ class GeneratorTrainConfig:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         if self.diversity_space not in ("pixel", "feature", "pooled"):
             raise ValueError(f"diversity_space must be 'pixel', 'feature' or 'pooled', got {self.diversity_space!r}")
-        if min(self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
-               self.input_weight, self.tv_weight) < 0:
-            raise ValueError("loss weights must be >= 0")
+        weights = (self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
+                   self.input_weight, self.tv_weight)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"loss weights must be >= 0 and finite, got {weights}")
         if self.info_size < 1 or self.class_bn_layers < 1:
             raise ValueError("info_size and class_bn_layers must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:

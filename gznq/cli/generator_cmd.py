@@ -116,7 +116,8 @@ def run_generator(args: argparse.Namespace) -> None:
         steps=args.steps or _TRAIN_DEFAULTS.steps, batch_size=args.batch_size, lr=args.lr, bn_loss=args.bn_loss,
         bn_weight=args.bn_weight, diversity_weight=args.diversity_weight, diversity_space=args.diversity_space,
         ce_weight=args.ce_weight, class_bn_weight=args.class_bn_weight, class_bn_layers=args.class_bn_layers,
-        info_weight=args.info_weight, input_weight=args.input_weight, tv_weight=args.tv_weight, label_smoothing=args.label_smoothing, seed=args.seed,
+        info_weight=args.info_weight, input_weight=args.input_weight, tv_weight=args.tv_weight,
+        label_smoothing=args.label_smoothing, seed=args.seed,
     )
     overrides = spec_overrides(args)
     if args.resume and overrides.is_empty() and (Path(args.out) / GENERATOR_META).is_file():

@@ -1,8 +1,10 @@
+import pytest
 import torch
 
-from bench.set_stats import set_stats, standardized
+from bench.set_stats import parse_args, set_stats, standardized
+from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
-from tests.generators.helpers import TINY_SPEC, tiny_teacher
+from tests.generators.helpers import tiny_teacher
 
 
 def test_standardized_sets_each_channel_to_mean_0_std_1_after_normalization():
@@ -20,10 +22,30 @@ def test_standardized_sets_each_channel_to_mean_0_std_1_after_normalization():
 
 
 def test_set_stats_reads_contrast_confidence_and_bn_kl():
-    teacher = tiny_teacher()
+    teacher = tiny_teacher().eval()
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randn(16, 3, 8, 8, generator=g) * 2.0 for _ in range(2)]
+    batches = [torch.randn(16, 3, 8, 8, generator=g) * 2.0 + 0.5 for _ in range(2)]
     stats = set_stats(teacher, batches)
-    assert stats["images"] == 32 and abs(stats["std"] - 2.0) < 0.15
-    assert len(stats["channel_std"]) == 3 and 1 / TINY_SPEC.num_classes <= stats["confidence"] <= 1
-    assert 0 <= stats["below_0.9"] <= 1 and stats["batch_bn_kl"] > 0
+    images = torch.cat(batches)
+    with torch.no_grad():
+        top = teacher(images).softmax(1).max(1).values
+    kl = []
+    for x in batches:
+        with torch.no_grad(), BNStatsRecorder(teacher) as rec:
+            teacher(x)
+        kl.append(bn_kl_loss(rec.stats).item())
+    assert stats["images"] == 32 and stats["std"] == round(images.std().item(), 3)
+    assert stats["channel_mean"] == [round(v, 3) for v in images.mean((0, 2, 3)).tolist()]
+    assert stats["channel_std"] == [round(v, 3) for v in images.std((0, 2, 3)).tolist()]
+    assert stats["confidence"] == round(top.mean().item(), 3)
+    assert stats["below_0.9"] == round((top < 0.9).float().mean().item(), 3)
+    assert stats["batch_bn_kl"] == round(sum(kl) / 2, 4) and stats["batch_bn_kl"] > 0.1  # far from the BN statistics
+
+
+def test_standardize_refuses_an_existing_directory(tmp_path, capsys):
+    (tmp_path / "set").mkdir()
+    with pytest.raises(SystemExit):
+        parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", str(tmp_path / "set")])
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", str(tmp_path / "set"),
+                       "--overwrite"]).overwrite

@@ -20,9 +20,9 @@ def test_generator_input_weight_reaches_the_run(weights_dir, tmp_path):
     """--input-weight is the input-statistics term: recorded in the run's config and logged, nonzero, as 'input'
     (0 in a run without it: the conftest generator)."""
     out = tmp_path / "gen"
-    assert train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
-                       "--steps", "2", "--batch-size", "8", "--width", "16", "--input-weight", "2.5", "--out", str(out),
-                       "--no-progress"]) == 0
+    assert train_main(["generator", "--model", "cifar10_resnet20",
+                       "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"), "--steps", "2", "--batch-size", "8",
+                       "--width", "16", "--input-weight", "2.5", "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "generator.json").read_text())["record"]["train_config"]["input_weight"] == 2.5
     rows = (out / "losses.csv").read_text().splitlines()
     assert rows[0].split(",")[6] == "input" and float(rows[-1].split(",")[6]) > 0

@@ -152,7 +152,8 @@ def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normali
     """The input-statistics term: off by default (0 in the parts), added with its weight when on, and training
     with it brings the normalized images' per-channel statistics toward mean 0, variance 1."""
     teacher = tiny_teacher()
-    _, parts = GeneratorObjective(teacher, TINY_SPEC, _config())(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
+    draw = torch.Generator().manual_seed(0)
+    _, parts = GeneratorObjective(teacher, TINY_SPEC, _config())(ConditionalGenerator(GEN), draw)
     assert parts["input"] == 0.0
     objective = GeneratorObjective(teacher, TINY_SPEC, _config(input_weight=3.0))
     loss, parts = objective(ConditionalGenerator(GEN), torch.Generator().manual_seed(0))
@@ -160,15 +161,18 @@ def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normali
     expected = (c.ce_weight * parts["ce"] + c.bn_weight * parts["bn"] + c.class_bn_weight * parts["class_bn"]
                 + 3.0 * parts["input"] + c.diversity_weight * parts["div"])
     assert parts["input"] > 0 and loss.item() == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match=">= 0 and finite"):
         _config(input_weight=-1.0)
+    with pytest.raises(ValueError, match=">= 0 and finite"):
+        _config(input_weight=float("nan"))
 
     def input_kl(**kw):
         generator = train_generator(teacher, TINY_SPEC, tmp_path / str(kw), teacher_name="tiny", gen_config=GEN,
                                     config=_config(steps=40, batch_size=32, **kw), progress=False)
         z, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
         with torch.no_grad():
-            x = normalize(generator.eval()(z, y, generator=torch.Generator().manual_seed(2)), TINY_SPEC.mean, TINY_SPEC.std)
+            x = generator.eval()(z, y, generator=torch.Generator().manual_seed(2))
+            x = normalize(x, TINY_SPEC.mean, TINY_SPEC.std)
         return input_stats_kl(x).item()
 
     assert input_kl(input_weight=5.0) < 0.5 * input_kl()
@@ -197,11 +201,18 @@ def test_a_run_saved_before_the_new_terms_resumes_without_them(tmp_path):
     train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", gen_config=GEN,
                     config=_config(steps=4, **old_terms), progress=False)
     state = torch.load(tmp_path / "g" / STATE_FILE, weights_only=True)
-    for key in ("class_bn_weight", "class_bn_layers", "info_weight", "info_size"):  # as an older version saved it
+    for key in ("class_bn_weight", "class_bn_layers", "info_weight", "info_size", "input_weight"):  # as saved before
         del state["config"][key]
     del state["objective"]
     torch.save(state, tmp_path / "g" / STATE_FILE)
+    log = tmp_path / "g" / "losses.csv"
+    old_rows = list(csv.DictReader(open(log)))
+    with open(log, "w", newline="") as f:  # the log as written before the input term existed: no "input" column
+        writer = csv.DictWriter(f, fieldnames=[k for k in old_rows[0] if k != "input"])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k != "input"} for r in old_rows)
     train_generator(teacher, TINY_SPEC, tmp_path / "g", teacher_name="tiny", resume=True, steps=8, progress=False)
-    rows = list(csv.DictReader(open(tmp_path / "g" / "losses.csv")))
+    rows = list(csv.DictReader(open(log)))
     assert [r["step"] for r in rows] == [str(i) for i in range(1, 9)]
     assert all(float(r["class_bn"]) == 0.0 and float(r["info"]) == 0.0 for r in rows)
+    assert [r["input"] for r in rows[:4]] == [""] * 4 and all(float(r["input"]) == 0.0 for r in rows[4:])
