@@ -12,7 +12,9 @@ used is read back rather than made again:
 and scaled to mean 0 and std 1 after the teacher's normalization (what the normalization says its training data
 had), as a pixel set that `bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any
 other synthetic set; DIR/standardized.json says which set it came from (its pixels.json records a pixel
-optimization that did not run: the format needs one). An existing DIR is replaced only with --overwrite.
+optimization that did not run: the format needs one). `--unchanged DIR` writes the set as it is, the control
+for a standardized one (the same images through the same path). An existing DIR is replaced only with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-cache", default="runs/cache")
     p.add_argument("--record", help="also write the statistics to this JSON file")
     p.add_argument("--standardize", help="write the set with each channel standardized as a pixel set here")
-    p.add_argument("--overwrite", action="store_true", help="replace what --standardize's directory holds")
+    p.add_argument("--unchanged", help="write the set as it is, as a pixel set here (the control)")
+    p.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
     args = p.parse_args(argv)
-    if args.standardize and Path(args.standardize).exists() and not args.overwrite:
-        p.error(f"{args.standardize} exists; pass --overwrite to replace it or pick another directory")
+    if args.standardize and args.unchanged:
+        p.error("--standardize and --unchanged each write a set: give one")
+    target = args.standardize or args.unchanged
+    if target and Path(target).exists() and not args.overwrite:
+        p.error(f"{target} exists; pass --overwrite to replace it or pick another directory")
     return args
 
 
@@ -91,19 +97,23 @@ def main(argv=None) -> None:
     stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
              "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches)}
-    if args.standardize:
+    target = args.standardize or args.unchanged
+    if target:
         images = torch.cat(batches)
-        pixels = standardized(images, spec.mean, spec.std)
+        if args.standardize:
+            pixels = standardized(images, spec.mean, spec.std)
+        else:
+            pixels = (images * torch.as_tensor(spec.std).view(1, -1, 1, 1)
+                      + torch.as_tensor(spec.mean).view(1, -1, 1, 1)).clamp(0, 1)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
-        if Path(args.standardize).exists():  # --overwrite
-            shutil.rmtree(args.standardize)
-        save_pixels(args.standardize, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
+        if Path(target).exists():  # --overwrite
+            shutil.rmtree(target)
+        save_pixels(target, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
         after = normalize(pixels, spec.mean, spec.std)
-        stats["standardized"] = {"dir": args.standardize, "std": round(after.std().item(), 3)}
-        write_json_atomic(Path(args.standardize) / "standardized.json",
+        stats["written"] = {"dir": target, "standardized": bool(args.standardize), "std": round(after.std().item(), 3)}
+        write_json_atomic(Path(target) / "standardized.json",
                           {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
-                           "num_images": args.num_images, "batch_size": args.batch_size,
-                           "std_after": stats["standardized"]["std"]})
+                           "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
     if args.record:
         write_json_atomic(args.record, stats)
     print(json.dumps(stats))

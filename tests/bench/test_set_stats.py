@@ -49,3 +49,6 @@ def test_standardize_refuses_an_existing_directory(tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", str(tmp_path / "set"),
                        "--overwrite"]).overwrite
+    with pytest.raises(SystemExit):
+        parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", "a", "--unchanged", "b"])
+    assert "give one" in capsys.readouterr().err
