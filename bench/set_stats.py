@@ -14,7 +14,7 @@ had), as a pixel set that `bench.dfq_bench --methods pixels --pixels DIR` calibr
 other synthetic set; DIR/standardized.json says which set it came from (its pixels.json records a pixel
 optimization that did not run: the format needs one). `--unchanged DIR` writes the set as it is, the control
 for a standardized one (the same images through the same path). An existing DIR is replaced only with
---overwrite.
+--overwrite. `--compare DIR` reports the largest difference between the set and a pixel set, both normalized.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
-from generators.pixel_opt import PixelOptConfig, save_pixels
+from generators.pixel_opt import PixelOptConfig, load_pixels, save_pixels
 from generators.refine import RefineConfig
 from gznq.sources import image_set, parse_source
 
@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--standardize", help="write the set with each channel standardized as a pixel set here")
     p.add_argument("--unchanged", help="write the set as it is, as a pixel set here (the control)")
     p.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
+    p.add_argument("--compare", help="a pixel set: report the largest difference from this set, both normalized")
     args = p.parse_args(argv)
     if args.standardize and args.unchanged:
         p.error("--standardize and --unchanged each write a set: give one")
@@ -114,6 +115,9 @@ def main(argv=None) -> None:
         write_json_atomic(Path(target) / "standardized.json",
                           {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
                            "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
+    if args.compare:
+        other = normalize(load_pixels(args.compare, teacher_name=args.model)[0][:args.num_images], spec.mean, spec.std)
+        stats["compared"] = {"dir": args.compare, "max_abs_difference": (torch.cat(batches) - other).abs().max().item()}
     if args.record:
         write_json_atomic(args.record, stats)
     print(json.dumps(stats))
