@@ -38,6 +38,7 @@ from gznq.sources import image_set, parse_source
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cifar10_resnet20")
+    p.add_argument("--checkpoint", help="the teacher's weights (default: the model's published ones)")
     p.add_argument("--source", required=True, help="real:DIR, generator:DIR or noise (gznq.sources)")
     p.add_argument("--refine-steps", type=int, default=0, help="refinement steps a batch (0: the set as drawn)")
     p.add_argument("--num-images", type=int, default=2048)
@@ -90,7 +91,7 @@ def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    teacher, spec = create_teacher(args.model)
+    teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
     refine = RefineConfig(steps=args.refine_steps) if args.refine_steps else None
     batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
                                          num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 import torch
 
-from bench.set_stats import parse_args, set_stats, standardized
+from bench.set_stats import main, parse_args, set_stats, standardized
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from tests.generators.helpers import tiny_teacher
@@ -52,3 +54,19 @@ def test_standardize_refuses_an_existing_directory(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", "a", "--unchanged", "b"])
     assert "give one" in capsys.readouterr().err
+
+
+def test_unchanged_standardized_and_compare_through_the_command(weights_dir, tmp_path):
+    """The control round trip changes images by float rounding only; the standardized copy has std 1; --record
+    keeps what is printed."""
+    common = ["--checkpoint", str(weights_dir / "resnet20-12fca82f.th"), "--source", "noise", "--refine-steps", "1",
+              "--num-images", "8", "--batch-size", "4", "--image-cache", str(tmp_path / "cache")]
+    main(common + ["--unchanged", str(tmp_path / "u"), "--record", str(tmp_path / "u.json")])
+    made = json.loads((tmp_path / "u.json").read_text())
+    assert made["images"] == 8 and made["from_cache"] is False and made["written"]["standardized"] is False
+    main(common + ["--compare", str(tmp_path / "u"), "--standardize", str(tmp_path / "s"), "--record",
+                   str(tmp_path / "s.json")])
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert again["from_cache"] is True and again["compared"]["max_abs_difference"] < 1e-5
+    assert abs(again["written"]["std"] - 1.0) < 0.05
+    assert json.loads((tmp_path / "s" / "standardized.json").read_text())["made_from"]["source"] == "noise"
