@@ -29,7 +29,7 @@ import torch
 from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
-from generators.network import normalize
+from generators.network import denormalize, normalize
 from generators.pixel_opt import PixelOptConfig, load_pixels, save_pixels
 from generators.refine import RefineConfig
 from gznq.sources import image_set, parse_source
@@ -84,9 +84,7 @@ def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
     pixels in [0, 1] (clamped)."""
     centre = images.mean((0, 2, 3), keepdim=True)
     spread = images.std((0, 2, 3), keepdim=True)
-    m = torch.as_tensor(mean).view(1, -1, 1, 1)
-    s = torch.as_tensor(std).view(1, -1, 1, 1)
-    return (((images - centre) / spread) * s + m).clamp(0, 1)
+    return denormalize((images - centre) / spread, mean, std)
 
 
 def main(argv=None) -> None:
@@ -102,11 +100,7 @@ def main(argv=None) -> None:
     target = args.standardize or args.unchanged
     if target:
         images = torch.cat(batches)
-        if args.standardize:
-            pixels = standardized(images, spec.mean, spec.std)
-        else:
-            pixels = (images * torch.as_tensor(spec.std).view(1, -1, 1, 1)
-                      + torch.as_tensor(spec.mean).view(1, -1, 1, 1)).clamp(0, 1)
+        pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
         if Path(target).exists():  # --overwrite
             shutil.rmtree(target)

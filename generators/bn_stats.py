@@ -58,6 +58,16 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     ]
 
 
+def _moments(s1: torch.Tensor, s2: torch.Tensor, count: torch.Tensor,
+             reduce_sums: SumReducer | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance from the sums of values and of their squares over `count` values,
+    the sums of every process added first when `reduce_sums` is given."""
+    if reduce_sums is not None:
+        s1, s2, count = reduce_sums([s1, s2, count])
+    mean = s1 / count
+    return mean, (s2 / count - mean * mean).clamp_min(0)
+
+
 class BNStatsRecorder:
     """Context manager: while active, every forward pass through `model` records, for each BatchNorm layer,
     the per-channel mean and variance of that layer's input. Hooks are removed on exit, also on error.
@@ -95,10 +105,7 @@ class BNStatsRecorder:
             image_s1, image_s2 = flat.sum(dim=2), (flat * flat).sum(dim=2)
             s1, s2 = image_s1.sum(dim=0), image_s2.sum(dim=0)
             count = torch.tensor(float(flat.shape[0] * flat.shape[2]), device=x.device)
-            if self.reduce_sums is not None:
-                s1, s2, count = self.reduce_sums([s1, s2, count])
-            mean = s1 / count
-            var = (s2 / count - mean * mean).clamp_min(0)
+            mean, var = _moments(s1, s2, count, self.reduce_sums)
             self.stats.append(BatchStats(name, mean, var, bn.running_mean, bn.running_var, image_s1, image_s2,
                                          flat.shape[2]))
 
@@ -174,10 +181,7 @@ def input_stats_kl(images: torch.Tensor, *, reduce_sums: SumReducer | None = Non
     flat = images.transpose(0, 1).flatten(1)  # (C, B * H * W)
     s1, s2 = flat.sum(1), (flat * flat).sum(1)
     count = torch.tensor(float(flat.shape[1]), device=images.device, dtype=images.dtype)
-    if reduce_sums is not None:
-        s1, s2, count = reduce_sums([s1, s2, count])
-    mean = s1 / count
-    var = (s2 / count - mean * mean).clamp_min(0)
+    mean, var = _moments(s1, s2, count, reduce_sums)
     return gaussian_kl(mean, var, torch.zeros_like(mean), torch.ones_like(var)).mean()
 
 

@@ -178,6 +178,13 @@ class ConditionalGenerator(nn.Module):
         return torch.randn(n, self.config.latent_dim, generator=generator, device=device)
 
 
+def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """The inverse of `normalize`: the teacher's normalized inputs back to [0, 1] pixels (clamped)."""
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0, 1)
+
+
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Map [0, 1] images to the teacher's input normalization."""
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from generators.network import ConditionalGenerator, GeneratorConfig, normalize
+from generators.network import ConditionalGenerator, GeneratorConfig, denormalize, normalize
 from generators.stream import SyntheticStream
 
 
@@ -34,6 +34,14 @@ def test_large_inputs_are_generated_small_and_upsampled():
 def test_bad_architecture_is_refused():
     with pytest.raises(ValueError, match="power of two"):
         GeneratorConfig(num_classes=10, image_size=32, base_size=6)
+
+
+def test_denormalize_inverts_normalize_and_clamps_to_pixels():
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    torch.testing.assert_close(denormalize(normalize(x, mean, std), mean, std), x, atol=1e-6, rtol=0)
+    assert denormalize(torch.full((1, 3, 1, 1), 10.0), mean, std).eq(1).all()
+    assert denormalize(torch.full((1, 3, 1, 1), -10.0), mean, std).eq(0).all()
 
 
 def test_normalize():
