@@ -13,15 +13,14 @@ and scaled to mean 0 and std 1 after the teacher's normalization (what the norma
 had), as a pixel set that `bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any
 other synthetic set; DIR/standardized.json says which set it came from (its pixels.json records a pixel
 optimization that did not run: the format needs one). `--unchanged DIR` writes the set as it is, the control
-for a standardized one (the same images through the same path). An existing DIR is replaced only with
---overwrite. `--compare DIR` reports the largest difference between the set and a pixel set, both normalized.
+for a standardized one (the same images through the same path). DIR is written whole or not at all
+(`gznq.outdir`); one that holds such a set is replaced only with --overwrite, one that holds anything else never. `--compare DIR` reports the largest difference between the set and a pixel set, both normalized.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,9 +29,14 @@ from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import denormalize, normalize
-from generators.pixel_opt import PixelOptConfig, load_pixels, save_pixels
+from generators.pixel_opt import PIXELS_FILE, PIXELS_META, PixelOptConfig, load_pixels, save_pixels
 from generators.refine import RefineConfig
+from gznq.outdir import ResultKind, check_output, writing_output
 from gznq.sources import image_set, parse_source
+
+MADE_FROM = "standardized.json"
+WRITTEN_SET = ResultKind("pixel set written by bench.set_stats", marker=PIXELS_META,
+                         entries=(PIXELS_META, PIXELS_FILE, MADE_FROM))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,8 +58,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.standardize and args.unchanged:
         p.error("--standardize and --unchanged each write a set: give one")
     target = args.standardize or args.unchanged
-    if target and Path(target).exists() and not args.overwrite:
-        p.error(f"{target} exists; pass --overwrite to replace it or pick another directory")
+    if target:
+        try:
+            check_output(target, WRITTEN_SET, overwrite=args.overwrite)
+        except (FileExistsError, ValueError) as exc:  # gznq.outdir names the directory --out; here it is not
+            p.error(str(exc).replace("--out", "--standardize" if args.standardize else "--unchanged"))
+    if args.compare:  # before any work: a pixel set, of at least this set's size
+        meta = Path(args.compare) / PIXELS_META
+        if not meta.is_file():
+            p.error(f"--compare {args.compare!r} is not a pixel set ({PIXELS_META} is missing)")
+        held = json.loads(meta.read_text()).get("num_images", 0)
+        if held < args.num_images:
+            p.error(f"--compare {args.compare!r} holds {held} images, fewer than the {args.num_images} of this set: "
+                    "compare sets of one size (--num-images)")
     return args
 
 
@@ -102,14 +117,13 @@ def main(argv=None) -> None:
         images = torch.cat(batches)
         pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
-        if Path(target).exists():  # --overwrite
-            shutil.rmtree(target)
-        save_pixels(target, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
         after = normalize(pixels, spec.mean, spec.std)
         stats["written"] = {"dir": target, "standardized": bool(args.standardize), "std": round(after.std().item(), 3)}
-        write_json_atomic(Path(target) / "standardized.json",
-                          {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
-                           "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
+        with writing_output(target, WRITTEN_SET) as work:
+            save_pixels(work, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
+            write_json_atomic(work / MADE_FROM,
+                              {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
+                               "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
     if args.compare:
         other = normalize(load_pixels(args.compare, teacher_name=args.model)[0][:args.num_images], spec.mean, spec.std)
         stats["compared"] = {"dir": args.compare, "max_abs_difference": (torch.cat(batches) - other).abs().max().item()}

@@ -44,16 +44,35 @@ def test_set_stats_reads_contrast_confidence_and_bn_kl():
     assert stats["batch_bn_kl"] == round(sum(kl) / 2, 4) and stats["batch_bn_kl"] > 0.1  # far from the BN statistics
 
 
-def test_standardize_refuses_an_existing_directory(tmp_path, capsys):
-    (tmp_path / "set").mkdir()
+def test_bad_outputs_and_comparisons_are_refused_before_any_work(tmp_path, capsys):
+    """A written set never replaces anything but such a set, and that only with --overwrite; --compare needs a
+    pixel set of at least this set's size."""
+    args = ["--source", "noise", "--refine-steps", "1"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    for extra in ([], ["--overwrite"]):  # a directory of other files: never, --overwrite or not
+        with pytest.raises(SystemExit):
+            parse_args(args + ["--standardize", str(other)] + extra)
+        assert "holds files that are not a pixel set" in capsys.readouterr().err
+    assert (other / "mine.txt").read_text() == "keep"
+    written = tmp_path / "set"
+    written.mkdir()
+    (written / "pixels.json").write_text(json.dumps({"num_images": 4}))
+    (written / "pixels.safetensors").write_text("")
     with pytest.raises(SystemExit):
-        parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", str(tmp_path / "set")])
-    assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", str(tmp_path / "set"),
-                       "--overwrite"]).overwrite
+        parse_args(args + ["--unchanged", str(written)])
+    assert "--unchanged '" in (err := capsys.readouterr().err) and "already holds a pixel set" in err
+    assert parse_args(args + ["--standardize", str(written), "--overwrite"]).overwrite
     with pytest.raises(SystemExit):
-        parse_args(["--source", "noise", "--refine-steps", "1", "--standardize", "a", "--unchanged", "b"])
+        parse_args(args + ["--standardize", "a", "--unchanged", "b"])
     assert "give one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(args + ["--compare", str(other)])
+    assert "is not a pixel set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(args + ["--compare", str(written), "--num-images", "8"])
+    assert "holds 4 images, fewer than the 8" in capsys.readouterr().err
 
 
 def test_unchanged_standardized_and_compare_through_the_command(weights_dir, tmp_path):
