@@ -13,7 +13,9 @@ and scaled to mean 0 and std 1 after the teacher's normalization (what the norma
 had), as a pixel set that `bench.dfq_bench --methods pixels --pixels DIR` calibrates and reconstructs on like any
 other synthetic set; DIR/standardized.json says which set it came from (its pixels.json records a pixel
 optimization that did not run: the format needs one). `--unchanged DIR` writes the set as it is, the control
-for a standardized one (the same images through the same path). DIR is written whole or not at all
+for a standardized one (the same images through the same path). `--rescale DIR --contrast S` writes it with every
+channel's deviations from its own mean scaled by one factor, so that the set's std after normalization is S and its
+colours (channel means, the channels' ratios) stay as they were: contrast alone changed. DIR is written whole or not at all
 (`gznq.outdir`); one that holds such a set is replaced only with --overwrite, one that holds anything else never. `--compare DIR` reports the largest difference between the set and a pixel set, both normalized.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -52,17 +55,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--record", help="also write the statistics to this JSON file")
     p.add_argument("--standardize", help="write the set with each channel standardized as a pixel set here")
     p.add_argument("--unchanged", help="write the set as it is, as a pixel set here (the control)")
+    p.add_argument("--rescale", help="write the set with its contrast scaled to --contrast as a pixel set here")
+    p.add_argument("--contrast", type=float, help="with --rescale: the std after normalization to scale the set to")
     p.add_argument("--overwrite", action="store_true", help="replace what the output directory holds")
     p.add_argument("--compare", help="a pixel set: report the largest difference from this set, both normalized")
     args = p.parse_args(argv)
-    if args.standardize and args.unchanged:
-        p.error("--standardize and --unchanged each write a set: give one")
-    target = args.standardize or args.unchanged
-    if target:
+    writers = [flag for flag in ("standardize", "unchanged", "rescale") if getattr(args, flag)]
+    if len(writers) > 1:
+        p.error(f"--{' and --'.join(writers)} each write a set: give one")
+    if (args.contrast is None) != (args.rescale is None):
+        p.error("--rescale and --contrast go together: --rescale DIR --contrast S")
+    if args.contrast is not None and not (math.isfinite(args.contrast) and args.contrast > 0):
+        p.error(f"--contrast must be a positive number, got {args.contrast}")
+    if writers:
         try:
-            check_output(target, WRITTEN_SET, overwrite=args.overwrite)
+            check_output(getattr(args, writers[0]), WRITTEN_SET, overwrite=args.overwrite)
         except (FileExistsError, ValueError) as exc:  # gznq.outdir names the directory --out; here it is not
-            p.error(str(exc).replace("--out", "--standardize" if args.standardize else "--unchanged"))
+            p.error(str(exc).replace("--out", f"--{writers[0]}"))
     if args.compare:  # before any work: a pixel set, of at least this set's size
         meta = Path(args.compare) / PIXELS_META
         if not meta.is_file():
@@ -102,6 +111,23 @@ def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
     return denormalize((images - centre) / spread, mean, std)
 
 
+def rescaled(images: torch.Tensor, mean, std, contrast: float) -> torch.Tensor:
+    """Normalized `images` with each channel's deviations from its own mean over the set multiplied by the one
+    factor that makes the set's std `contrast`, returned as pixels in [0, 1] (clamped): the channel means and the
+    channels' relative spreads are kept.
+
+    Raises:
+        ValueError: the channel means alone spread more than `contrast`.
+    """
+    centre = images.mean((0, 2, 3), keepdim=True)
+    within = (images - centre).square().sum()
+    between = (centre - images.mean()).square().sum() * (images.numel() // images.shape[1])
+    wanted = contrast ** 2 * (images.numel() - 1)  # the std's sum of squares: between + factor^2 * within
+    if wanted <= between:
+        raise ValueError(f"the channel means alone give a std above {contrast}: ask for more contrast")
+    return denormalize(centre + (images - centre) * ((wanted - between) / within).sqrt(), mean, std)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
@@ -112,13 +138,17 @@ def main(argv=None) -> None:
     stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
              "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches)}
-    target = args.standardize or args.unchanged
+    target = args.standardize or args.unchanged or args.rescale
     if target:
         images = torch.cat(batches)
-        pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
+        if args.rescale:
+            pixels = rescaled(images, spec.mean, spec.std, args.contrast)
+        else:
+            pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
         after = normalize(pixels, spec.mean, spec.std)
-        stats["written"] = {"dir": target, "standardized": bool(args.standardize), "std": round(after.std().item(), 3)}
+        stats["written"] = {"dir": target, "standardized": bool(args.standardize), "contrast": args.contrast,
+                            "std": round(after.std().item(), 3)}
         with writing_output(target, WRITTEN_SET) as work:
             save_pixels(work, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
             write_json_atomic(work / MADE_FROM,

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from bench.set_stats import main, parse_args, set_stats, standardized
+from bench.set_stats import main, parse_args, rescaled, set_stats, standardized
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from tests.generators.helpers import tiny_teacher
@@ -21,6 +21,22 @@ def test_standardized_sets_each_channel_to_mean_0_std_1_after_normalization():
     back = normalize(pixels, mean, std)
     torch.testing.assert_close(back.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(back.std((0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_rescaled_changes_contrast_only():
+    """The set's std becomes the asked contrast; channel means and the channels' std ratios are kept."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 8, 8, generator=g) * torch.tensor([1.5, 0.6, 1.0]).view(1, 3, 1, 1) \
+        + torch.tensor([0.2, -0.1, 0.0]).view(1, 3, 1, 1)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # normalized +-2 fits in the pixel range
+    back = normalize(rescaled(images, mean, std, 0.4), mean, std)
+    torch.testing.assert_close(back.std(), torch.tensor(0.4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(back.mean((0, 2, 3)), images.mean((0, 2, 3)), atol=1e-5, rtol=0)
+    ratios = back.std((0, 2, 3)) / images.std((0, 2, 3))
+    torch.testing.assert_close(ratios, ratios[:1].expand(3), atol=1e-4, rtol=0)
+    assert 0.3 < ratios[0] < 0.9  # shrunk, by one factor
+    with pytest.raises(ValueError, match="channel means alone"):
+        rescaled(images, mean, std, 0.1)
 
 
 def test_set_stats_reads_contrast_confidence_and_bn_kl():
@@ -67,6 +83,13 @@ def test_bad_outputs_and_comparisons_are_refused_before_any_work(tmp_path, capsy
     with pytest.raises(SystemExit):
         parse_args(args + ["--standardize", "a", "--unchanged", "b"])
     assert "give one" in capsys.readouterr().err
+    for bad, message in ((["--rescale", "r"], "go together"), (["--contrast", "1.0"], "go together"),
+                         (["--rescale", "r", "--contrast", "0"], "must be a positive number"),
+                         (["--rescale", "r", "--contrast", "nan"], "must be a positive number"),
+                         (["--rescale", "r", "--contrast", "1", "--unchanged", "u"], "give one")):
+        with pytest.raises(SystemExit):
+            parse_args(args + bad)
+        assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(args + ["--compare", str(other)])
     assert "is not a pixel set" in capsys.readouterr().err
