@@ -47,8 +47,8 @@ from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from dfq.quant import QuantConfig
 from generators.checkpoint import META_FILE
-from generators.refine import RefineConfig
 from generators.pixel_opt import PIXELS_META, PixelOptConfig, optimize_pixels, save_pixels
+from generators.refine import RefineConfig
 from generators.trainer import GeneratorTrainConfig, train_generator
 from gznq.cli.common import tune_allocator
 from gznq.distill import DistillConfig, gdfq_recipe
@@ -263,7 +263,7 @@ class Bench:
             label += f"({config.refine.steps} steps)"
         generator = self.args.generator if method in ("gznq", "gznq-raw", "gdfq") else None
         return {"model": self.args.model, "setting": setting.label, "method": method, "pipeline": label,
-                "generator": generator,
+                "generator": generator, "pixels": self.args.pixels if method == "pixels" else None,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
                 "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
@@ -271,7 +271,13 @@ class Bench:
                 "recon_last_block": report.get("recon_last_block")}
 
 
-KEY = ("model", "setting", "method", "pipeline", "generator", "split", "seed")
+KEY = ("model", "setting", "method", "pipeline", "generator", "pixels", "split", "seed")
+
+
+def merged(rows: list[dict], row: dict) -> list[dict]:
+    """`rows` with `row` added, replacing the row of the same KEY (the same measurement, re-run); rows
+    written before a KEY field existed read it as None."""
+    return [r for r in rows if [r.get(k) for k in KEY] != [row[k] for k in KEY]] + [row]
 
 
 def main(argv=None) -> None:
@@ -286,7 +292,7 @@ def main(argv=None) -> None:
             row["command"] = "python -m bench.dfq_bench " + shlex.join(sys.argv[1:])
             # re-read so that runs in parallel processes keep each other's rows
             rows = read_rows(results_path) if results_path.exists() else []
-            rows = [r for r in rows if [r.get(k) for k in KEY] != [row[k] for k in KEY]] + [row]
+            rows = merged(rows, row)
             print(json.dumps(row), flush=True)
             write_json_atomic(results_path, {"machine": machine(), "rows": rows})
     rows = read_rows(results_path)

@@ -1,55 +1,97 @@
-"""Drops by seed from dfq_bench's results.json: one line per (setting, pipeline, split), one column per seed,
-and their mean, so that pipelines are compared over seeds rather than by single rows.
+"""Drops by seed from dfq_bench's results.json files: one line per (setting, pipeline, source of images, split),
+one column per seed, and their mean, so that pipelines are compared over seeds rather than by single rows.
 
     python -m bench.seed_table runs/bench_report/results.json --split report --method gznq
+
+Several files (one `--out` per variant, the way pixel sets of other seeds are kept apart) get a column naming
+each line's file. `--against K` adds, for every line, its paired difference from line K: the mean over the
+seeds both lines have of (this drop - line K's drop) with its standard error, the comparison that cancels what
+the seed does to both (the test images are the same; seed 0 of two lines shares what seed 0 draws).
+
+    python -m bench.seed_table runs/bench_c_gen065/results.json runs/bench_plain_select/results.json \\
+        --split select --setting W4A4:paper --against 2
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from bench.common import read_rows
 
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
-               model: str | None = None) -> str:
-    """A markdown table of drops: a line per (setting, pipeline, generator, split), a column per seed, and
-    the mean (rows without a generator show "-" there).
+               model: str | None = None, setting: str | None = None, against: int | None = None) -> str:
+    """A markdown table of drops: a line per (results file when rows carry one, setting, pipeline, generator,
+    split), a column per seed, and the mean (rows without a generator show "-" there). `against`: the
+    1-based line to add paired differences from (see the module's text).
 
     Raises:
-        ValueError: no row matches the filters.
+        ValueError: no row matches the filters, or `against` names no line.
     """
-    groups: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
+    groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
         if ((split and r.get("split") != split) or (method and r["method"] != method)
-                or contains not in r["pipeline"] or (model and r["model"] != model)):
+                or contains not in r["pipeline"] or (model and r["model"] != model)
+                or (setting and r["setting"] != setting)):
             continue
-        groups[(r["setting"], r["pipeline"], r.get("generator") or "-", r.get("split", "?"))][r["seed"]] = r["drop"]
+        key = (r.get("results", ""), r["setting"], r["pipeline"], r.get("generator") or "-", r.get("split", "?"))
+        groups[key][r["seed"]] = r["drop"]
     if not groups:
-        raise ValueError("no rows match; check --split, --method, --contains and --model")
+        raise ValueError("no rows match; check --split, --method, --contains, --setting and --model")
+    lines_keys = sorted(groups)
+    if against is not None and not 1 <= against <= len(lines_keys):
+        raise ValueError(f"--against {against}: the table has lines 1 to {len(lines_keys)}")
     seeds = sorted({s for drops in groups.values() for s in drops})
-    lines = ["| setting | pipeline | generator | split | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
-             "|---|---|---|---|" + "---|" * (len(seeds) + 1)]
-    for (setting, pipeline, generator, split_name), drops in sorted(groups.items()):
-        cells = [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
-        mean = statistics.fmean(drops.values())
-        lines.append(f"| {setting} | {pipeline} | {generator} | {split_name} | " + " | ".join(cells)
-                     + f" | {mean:.2f} (n={len(drops)}) |")
+    several = any(key[0] for key in lines_keys)
+    head = (["results"] if several else []) + ["setting", "pipeline", "generator", "split"]
+    head += [f"seed {s}" for s in seeds] + ["mean"] + ([f"paired vs line {against}"] if against else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in lines_keys:
+        drops = groups[key]
+        cells = (list(key) if several else list(key[1:])) + [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
+        cells.append(f"{statistics.fmean(drops.values()):.2f} (n={len(drops)})")
+        if against:
+            cells.append(paired_difference(drops, groups[lines_keys[against - 1]]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_difference(drops: dict[int, float], base: dict[int, float]) -> str:
+    """mean of drops[s] - base[s] over the seeds both have, +- its standard error (none from one seed)."""
+    diffs = [drops[s] - base[s] for s in sorted(drops.keys() & base.keys())]
+    if not diffs:
+        return "no common seed"
+    mean = statistics.fmean(diffs)
+    if len(diffs) == 1:
+        return f"{mean:+.2f} (n=1)"
+    return f"{mean:+.2f} +- {statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f} (n={len(diffs)})"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", help="a results.json written by bench/dfq_bench.py")
+    p.add_argument("results", nargs="+", help="results.json files written by bench/dfq_bench.py")
     p.add_argument("--split", choices=("select", "report"), help="only rows evaluated on this split")
     p.add_argument("--method", help="only this method's rows (e.g. gznq)")
     p.add_argument("--contains", default="", help="only rows whose pipeline contains this text")
     p.add_argument("--model", help="only this teacher's rows")
+    p.add_argument("--setting", help="only this setting's rows (e.g. W4A4:paper)")
+    p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
     args = p.parse_args(argv)
-    print(seed_table(read_rows(args.results), split=args.split, method=args.method, contains=args.contains,
-                     model=args.model))
+    rows = []
+    for path in args.results:
+        if not Path(path).is_file():
+            p.error(f"{path!r} is not a file: give results.json files written by bench/dfq_bench.py")
+        tag = Path(path).parent.name if len(args.results) > 1 else ""
+        rows += [r | {"results": tag} for r in read_rows(path)]
+    try:
+        print(seed_table(rows, split=args.split, method=args.method, contains=args.contains, model=args.model,
+                         setting=args.setting, against=args.against))
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 if __name__ == "__main__":

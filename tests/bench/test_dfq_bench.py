@@ -70,3 +70,18 @@ def test_raw_and_noise_rows_are_configured_as_they_are_named():
     assert (raw.source, raw.refine.steps, raw.refine.crop_scale) == ("generator:runs/g", 0, 1.0)
     assert (noise.source, noise.refine.steps, noise.refine.crop_scale, noise_seconds) == ("noise", 30, 1.0, 0.0)
     assert noise.methods == gznq.methods == ("calibrate", "reconstruct")
+
+
+def test_rows_of_other_pixel_sets_are_kept_and_a_rerun_replaces_its_own():
+    from bench.dfq_bench import KEY, merged
+
+    base = {k: None for k in KEY} | {"model": "m", "setting": "W4A4:paper", "method": "pixels", "pipeline": "pixels",
+                                      "split": "select", "seed": 0}
+    first = base | {"pixels": "runs/a", "drop": 1.0}
+    rows = merged([], first)
+    rows = merged(rows, base | {"pixels": "runs/b", "drop": 2.0})
+    assert [r["drop"] for r in rows] == [1.0, 2.0]  # another set: a row of its own
+    rows = merged(rows, base | {"pixels": "runs/a", "drop": 3.0})
+    assert [(r["pixels"], r["drop"]) for r in rows] == [("runs/b", 2.0), ("runs/a", 3.0)]  # the re-run replaced
+    old = {k: v for k, v in base.items() if k != "pixels"} | {"drop": 4.0}  # written before the field existed
+    assert [r["drop"] for r in merged([old], base | {"drop": 5.0})] == [5.0]

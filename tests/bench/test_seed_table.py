@@ -27,3 +27,33 @@ def test_split_filter_and_no_matching_rows():
     assert len(seed_table(ROWS, method="gznq", split="select").splitlines()) == 3
     with pytest.raises(ValueError, match="no rows match"):
         seed_table(ROWS, contains="nothing like this")
+
+
+def test_paired_difference_from_a_line_over_common_seeds():
+    rows = [{"model": "m", "setting": "W4A4:paper", "method": "pixels", "pipeline": "pixels", "split": "select",
+             "seed": s, "drop": d, "results": tag}
+            for tag, drops in (("base", (1.0, 2.0, 0.5)), ("new", (0.5, 1.0, 0.5, 9.0))) for s, d in enumerate(drops)]
+    lines = seed_table(rows, against=1).splitlines()
+    assert lines[0].startswith("| results | setting |") and lines[0].endswith("| mean | paired vs line 1 |")
+    assert lines[2] == "| base | W4A4:paper | pixels | - | select | 1.00 | 2.00 | 0.50 | - | 1.17 (n=3) | +0.00 +- 0.00 (n=3) |"
+    # seeds 0-2 in common (seed 3 has no partner): differences -0.5, -1.0, 0.0: mean -0.5, SE 0.5 / sqrt(3)
+    assert lines[3].endswith("| 0.50 | 1.00 | 0.50 | 9.00 | 2.75 (n=4) | -0.50 +- 0.29 (n=3) |")
+    with pytest.raises(ValueError, match="lines 1 to 2"):
+        seed_table(rows, against=3)
+
+
+def test_the_command_reads_several_files_and_refuses_a_missing_one(tmp_path, capsys):
+    import json
+
+    from bench.seed_table import main
+
+    for name, drop in (("a", 1.0), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        row = ROWS[0] | {"drop": drop}
+        (tmp_path / name / "results.json").write_text(json.dumps({"rows": [row]}))
+    main([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"), "--against", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == "| b | W4A4:paper | a | - | report | 0.25 | 0.25 (n=1) | -0.75 (n=1) |"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.json")])
+    assert "is not a file" in capsys.readouterr().err
