@@ -9,6 +9,7 @@ does, at a fraction of its cost (it starts from an image, not from noise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -38,7 +39,11 @@ class RefineConfig:
     label handed on stays the image's own class. crop_scale: below 1, each starting image is first replaced
     by a random resized crop of it covering between crop_scale and all of its area (`random_resized_crop`),
     so that refinement starts from objects at other scales and positions than the generator's few modes per
-    class and the batch it makes is more varied; 1.0 starts from the samples as drawn.
+    class and the batch it makes is more varied; 1.0 starts from the samples as drawn. start_logit_scale:
+    refinement optimizes pixel logits (images are their sigmoid) and starts from the logits of the images it is
+    given multiplied by this; below 1 it pulls saturated pixels (a generator's samples put about a quarter of
+    their pixels within 5% of black or white, logits beyond +-3, which a few steps at this lr cannot move)
+    back toward grey, where refinement can move them; 1.0 starts from the images as given.
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -60,6 +65,7 @@ class RefineConfig:
     boundary_share: float = 0.0
     boundary_min: float = 0.5
     crop_scale: float = 0.25
+    start_logit_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -77,6 +83,8 @@ class RefineConfig:
         if self.boundary_share > 0 and self.ce_weight == 0:
             raise ValueError("boundary_share acts through the class loss, which ce_weight=0 turns off; give "
                              "ce_weight > 0 (e.g. 1.0) with it")
+        if not (math.isfinite(self.start_logit_scale) and self.start_logit_scale > 0):
+            raise ValueError(f"start_logit_scale must be a positive number, got {self.start_logit_scale}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")
@@ -190,7 +198,8 @@ def refine_images(
                                        generator)
         if config.crop_scale < 1:
             images = random_resized_crop(images, scale=(config.crop_scale, 1.0), generator=generator)
-        refined, _ = optimize_logits(teacher, spec, torch.logit(images.clamp(eps, 1 - eps)), targets, config,
+        start = torch.logit(images.clamp(eps, 1 - eps)) * config.start_logit_scale
+        refined, _ = optimize_logits(teacher, spec, start, targets, config,
                                      generator=generator)
     if not torch.isfinite(refined).all():
         raise ValueError("refinement produced non-finite pixels; lower the refinement lr")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -142,6 +143,25 @@ def check_source(source: Source) -> None:
     raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
 
 
+LATER_REFINE_FIELDS = ("start_logit_scale",)  # added after sets were cached: in the key only when not the default
+
+
+class RefineKey:
+    """A RefineConfig as the cache key spells it: its repr, less the fields of LATER_REFINE_FIELDS left at their
+    defaults, so that sets cached before those fields existed are still found."""
+
+    def __init__(self, refine: RefineConfig | None) -> None:
+        self.refine = refine
+
+    def __repr__(self) -> str:
+        r = self.refine
+        if r is None:
+            return "None"
+        kept = [f for f in dataclasses.fields(r)
+                if f.repr and not (f.name in LATER_REFINE_FIELDS and getattr(r, f.name) == f.default)]
+        return f"{type(r).__name__}(" + ", ".join(f"{f.name}={getattr(r, f.name)!r}" for f in kept) + ")"
+
+
 def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: InputSpec, num_images: int,
               batch_size: int, seed: int, refine: RefineConfig | None = None, workers: int = 0,
               cache_dir: str | Path | None = None, progress: bool = False) -> tuple[list[torch.Tensor], float, bool]:
@@ -153,7 +173,8 @@ def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: In
     Returns:
         (batches, seconds of making, whether the set came from the cache).
     """
-    key = repr((teacher_name, teacher_fingerprint(teacher), spec, str(source), num_images, batch_size, seed, refine))
+    key = repr((teacher_name, teacher_fingerprint(teacher), spec, str(source), num_images, batch_size, seed,
+                RefineKey(refine)))
     if distributed.world_size() > 1:  # a generator's stream gives each process other batches
         key += repr(("process", distributed.rank(), distributed.world_size()))
     file = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None

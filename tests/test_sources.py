@@ -57,3 +57,20 @@ def test_refinement_steps_left_open_are_chosen_by_the_setting():
     assert given.refine_config().steps == 7
     with pytest.raises(ValueError, match="refinement steps must be >= 0"):
         RefineConfig(steps=-1)
+
+
+def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults():
+    """Sets cached before start_logit_scale existed keep their key; a set refined with another scale gets its own."""
+    import dataclasses
+
+    from generators.refine import RefineConfig
+    from gznq.sources import RefineKey
+
+    plain = RefineConfig(steps=10)
+    fields = ", ".join(f"{f.name}={getattr(plain, f.name)!r}" for f in dataclasses.fields(plain)
+                       if f.name != "start_logit_scale")
+    assert repr(RefineKey(plain)) == f"RefineConfig({fields})"
+    assert repr(RefineKey(plain)).startswith("RefineConfig(steps=10, lr=0.05, bn_loss='kl'")
+    scaled = dataclasses.replace(plain, start_logit_scale=0.4)
+    assert repr(RefineKey(scaled)) == f"RefineConfig({fields}, start_logit_scale=0.4)"
+    assert repr(RefineKey(None)) == "None"

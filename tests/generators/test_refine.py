@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from gznq.sources import Source, open_source
 from generators.augment import random_resized_crop
 from generators.network import normalize
 from generators.refine import RefineConfig, RefinedBatches, boundary_targets, optimize_logits, refine_images
+from gznq.sources import Source, open_source
 from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
 
@@ -123,3 +123,23 @@ def test_a_start_crop_changes_what_refinement_starts_from_and_only_then():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"crop_scale .* in \(0, 1\]"):
             RefineConfig(crop_scale=bad)
+
+
+def test_start_logit_scale_starts_refinement_from_greyer_images():
+    teacher = tiny_teacher()
+    g = torch.Generator().manual_seed(3)
+    images = torch.sigmoid(4 * torch.randn(16, 3, 8, 8, generator=g))  # saturated, like a generator's samples
+    labels = torch.arange(16) % 4
+
+    def refined(**fields):
+        config = RefineConfig(steps=1, lr=1e-4, crop_scale=1.0, **fields)
+        return refine_images(teacher, TINY_SPEC, images, labels, config, generator=torch.Generator().manual_seed(0))
+
+    # one step at a small rate stays at the start: sigmoid(0.25 * logit(x)), not x
+    start = torch.sigmoid(0.25 * torch.logit(images.clamp(1e-4, 1 - 1e-4)))
+    assert (refined(start_logit_scale=0.25) - start).abs().max() < 1e-3 < (start - images).abs().max()
+    assert (refined() - images).abs().max() < 1e-3  # the default, 1.0, starts from the images as given
+    assert (start - 0.5).abs().mean() < 0.6 * (images - 0.5).abs().mean()  # greyer
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="start_logit_scale must be a positive number"):
+            RefineConfig(start_logit_scale=bad)
