@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="the teacher's weights (default: the model's published ones)")
     p.add_argument("--source", required=True, help="real:DIR, generator:DIR or noise (gznq.sources)")
     p.add_argument("--refine-steps", type=int, default=0, help="refinement steps a batch (0: the set as drawn)")
+    p.add_argument("--start-logit-scale", type=float, default=1.0,
+                   help="refinement's start_logit_scale (generators.refine.RefineConfig)")
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -131,11 +133,13 @@ def rescaled(images: torch.Tensor, mean, std, contrast: float) -> torch.Tensor:
 def main(argv=None) -> None:
     args = parse_args(argv)
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
-    refine = RefineConfig(steps=args.refine_steps) if args.refine_steps else None
+    refine = RefineConfig(steps=args.refine_steps, start_logit_scale=args.start_logit_scale) \
+        if args.refine_steps else None
     batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
                                          num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                          refine=refine, cache_dir=args.image_cache)
     stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
+             **({"start_logit_scale": args.start_logit_scale} if args.start_logit_scale != 1.0 else {}),
              "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches)}
     target = args.standardize or args.unchanged or args.rescale
