@@ -32,6 +32,7 @@ from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import denormalize, normalize
+from generators.quality import capture_penultimate, within_class_distance
 from generators.pixel_opt import PIXELS_FILE, PIXELS_META, PixelOptConfig, load_pixels, save_pixels
 from generators.refine import RefineConfig
 from gznq.outdir import ResultKind, check_output, writing_output
@@ -88,20 +89,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 @torch.no_grad()
 def set_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
     """Statistics of normalized image batches: per-channel mean and std over the set, the teacher's mean
-    top-class probability and the share of images below 0.9, and the mean over batches of the BN KL."""
+    top-class probability and the share of images below 0.9, the spread of the teacher's penultimate features
+    within each class it predicts (mean pairwise distance, as `generators.quality` measures diversity, but by
+    the teacher's class, as a set made without labels has none that mean anything), the entropy of the
+    predicted classes (log 10 = 2.303 when balanced), and the mean over batches of the BN KL."""
     teacher.eval()
     images = torch.cat(batches)
-    confidence, kl = [], []
-    for x in batches:
-        with BNStatsRecorder(teacher) as rec:
-            confidence.append(teacher(x).softmax(1).max(1).values)
-        kl.append(bn_kl_loss(rec.stats).item())
-    confidence = torch.cat(confidence)
+    probs, features, kl = [], [], []
+    with capture_penultimate(teacher) as captured:
+        for x in batches:
+            with BNStatsRecorder(teacher) as rec:
+                probs.append(teacher(x).softmax(1))
+            features.append(captured[-1])
+            kl.append(bn_kl_loss(rec.stats).item())
+    probs, features = torch.cat(probs), torch.cat(features)
+    confidence, predicted = probs.max(1)
+    share = torch.bincount(predicted, minlength=probs.shape[1]).float() / len(predicted)
     return {"images": len(images), "std": round(images.std().item(), 3),
             "channel_std": [round(v, 3) for v in images.std((0, 2, 3)).tolist()],
             "channel_mean": [round(v, 3) for v in images.mean((0, 2, 3)).tolist()],
             "confidence": round(confidence.mean().item(), 3),
             "below_0.9": round((confidence < 0.9).float().mean().item(), 3),
+            "feature_spread": round(within_class_distance(features, predicted), 3),
+            "class_entropy": round(-(share[share > 0] * share[share > 0].log()).sum().item(), 3),
             "batch_bn_kl": round(sum(kl) / len(kl), 4)}
 
 

@@ -6,6 +6,7 @@ import torch
 from bench.set_stats import main, parse_args, rescaled, set_stats, standardized
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
+from generators.quality import capture_penultimate, within_class_distance
 from tests.generators.helpers import tiny_teacher
 
 
@@ -45,8 +46,10 @@ def test_set_stats_reads_contrast_confidence_and_bn_kl():
     batches = [torch.randn(16, 3, 8, 8, generator=g) * 2.0 + 0.5 for _ in range(2)]
     stats = set_stats(teacher, batches)
     images = torch.cat(batches)
-    with torch.no_grad():
-        top = teacher(images).softmax(1).max(1).values
+    with torch.no_grad(), capture_penultimate(teacher) as captured:
+        probs = teacher(images).softmax(1)
+    top, predicted = probs.max(1)
+    share = torch.bincount(predicted, minlength=probs.shape[1]).float() / len(predicted)
     kl = []
     for x in batches:
         with torch.no_grad(), BNStatsRecorder(teacher) as rec:
@@ -57,6 +60,9 @@ def test_set_stats_reads_contrast_confidence_and_bn_kl():
     assert stats["channel_std"] == [round(v, 3) for v in images.std((0, 2, 3)).tolist()]
     assert stats["confidence"] == round(top.mean().item(), 3)
     assert stats["below_0.9"] == round((top < 0.9).float().mean().item(), 3)
+    assert stats["feature_spread"] == round(within_class_distance(captured[-1], predicted), 3)
+    assert stats["class_entropy"] == round(-(share[share > 0] * share[share > 0].log()).sum().item(), 3)
+    assert 0 <= stats["class_entropy"] <= 1.387 + 1e-3  # at most log 4 for the tiny teacher's 4 classes
     assert stats["batch_bn_kl"] == round(sum(kl) / 2, 4) and stats["batch_bn_kl"] > 0.1  # far from the BN statistics
 
 
