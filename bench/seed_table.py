@@ -4,7 +4,8 @@ one column per seed, and their mean, so that pipelines are compared over seeds r
     python -m bench.seed_table runs/bench_report/results.json --split report --method gznq
 
 Several files (one `--out` per variant, the way pixel sets of other seeds are kept apart) get a column naming
-each line's file. `--against K` adds, for every line, its paired difference from line K: the mean over the
+each line's file; with `--merge` they are read as one pool instead (one pipeline's seeds run into two files make
+one line; a seed found twice is refused). `--against K` adds, for every line, its paired difference from line K: the mean over the
 seeds both lines have of (this drop - line K's drop) with its standard error, the comparison that cancels what
 the seed does to both (the test images are the same; seed 0 of two lines shares what seed 0 draws).
 
@@ -30,7 +31,8 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     1-based line to add paired differences from (see the module's text).
 
     Raises:
-        ValueError: no row matches the filters, or `against` names no line.
+        ValueError: no row matches the filters, two rows give one line the same seed, or `against` names no
+            line.
     """
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
@@ -39,6 +41,10 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
                 or (setting and r["setting"] != setting)):
             continue
         key = (r.get("results", ""), r["setting"], r["pipeline"], r.get("generator") or "-", r.get("split", "?"))
+        if r["seed"] in groups[key]:
+            raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two pixel sets, or "
+                             "the same row in two files read with --merge): narrow with --contains or read the "
+                             "files apart")
         groups[key][r["seed"]] = r["drop"]
     if not groups:
         raise ValueError("no rows match; check --split, --method, --contains, --setting and --model")
@@ -79,13 +85,14 @@ def main(argv=None) -> None:
     p.add_argument("--contains", default="", help="only rows whose pipeline contains this text")
     p.add_argument("--model", help="only this teacher's rows")
     p.add_argument("--setting", help="only this setting's rows (e.g. W4A4:paper)")
+    p.add_argument("--merge", action="store_true", help="read several files as one pool of rows")
     p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
     args = p.parse_args(argv)
     rows = []
     for path in args.results:
         if not Path(path).is_file():
             p.error(f"{path!r} is not a file: give results.json files written by bench/dfq_bench.py")
-        tag = Path(path).parent.name if len(args.results) > 1 else ""
+        tag = Path(path).parent.name if len(args.results) > 1 and not args.merge else ""
         rows += [r | {"results": tag} for r in read_rows(path)]
     try:
         print(seed_table(rows, split=args.split, method=args.method, contains=args.contains, model=args.model,

@@ -54,6 +54,13 @@ def test_the_command_reads_several_files_and_refuses_a_missing_one(tmp_path, cap
     main([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"), "--against", "1"])
     out = capsys.readouterr().out.splitlines()
     assert out[3] == "| b | W4A4:paper | a | - | report | 0.25 | 0.25 (n=1) | -0.75 (n=1) |"
+    files = [str(tmp_path / n / "results.json") for n in ("a", "b")]
+    with pytest.raises(SystemExit):  # one pool: both files hold seed 0 of the same line
+        main(files + ["--merge"])
+    assert "two rows for seed 0 of W4A4:paper / a / - / report" in capsys.readouterr().err
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"rows": [ROWS[0] | {"drop": 0.25, "seed": 5}]}))
+    main(files + ["--merge"])
+    assert capsys.readouterr().out.splitlines()[2] == "| W4A4:paper | a | - | report | 1.00 | 0.25 | 0.62 (n=2) |"
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.json")])
     assert "is not a file" in capsys.readouterr().err
