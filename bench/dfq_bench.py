@@ -34,6 +34,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.common import ASSETS, machine, markdown_table, read_rows
+from bench.common import ASSETS, default_pixels, machine, markdown_table, pixel_set_of, read_rows, short_name
 from dfq.data import SPLITS as DATA_SPLITS
 from dfq.io import write_json_atomic
 from dfq.models import create_teacher
@@ -102,9 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    short = args.model.removeprefix("cifar10_").replace(":", "_").replace("/", "_")
-    args.generator = args.generator or f"runs/generator_{short}"
-    args.pixels = args.pixels or f"runs/pixels_{short}"
+    args.generator = args.generator or f"runs/generator_{short_name(args.model)}"
+    args.pixels = args.pixels or default_pixels(args.model)
     return args
 
 
@@ -263,7 +263,7 @@ class Bench:
             label += f"({config.refine.steps} steps)"
         generator = self.args.generator if method in ("gznq", "gznq-raw", "gdfq") else None
         return {"model": self.args.model, "setting": setting.label, "method": method, "pipeline": label,
-                "generator": generator, "pixels": self.args.pixels if method == "pixels" else None,
+                "generator": generator, "pixels": os.path.normpath(self.args.pixels) if method == "pixels" else None,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
                 "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
@@ -274,10 +274,14 @@ class Bench:
 KEY = ("model", "setting", "method", "pipeline", "generator", "pixels", "split", "seed")
 
 
+def row_key(row: dict) -> list:
+    return [pixel_set_of(row) if k == "pixels" else row.get(k) for k in KEY]
+
+
 def merged(rows: list[dict], row: dict) -> list[dict]:
-    """`rows` with `row` added, replacing the row of the same KEY (the same measurement, re-run); rows
-    written before a KEY field existed read it as None."""
-    return [r for r in rows if [r.get(k) for k in KEY] != [row[k] for k in KEY]] + [row]
+    """`rows` with `row` added, replacing the row of the same KEY (the same measurement, re-run); a row
+    written before the pixels field existed is read with the set its command names."""
+    return [r for r in rows if row_key(r) != row_key(row)] + [row]
 
 
 def main(argv=None) -> None:

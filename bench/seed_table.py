@@ -3,31 +3,33 @@ one column per seed, and their mean, so that pipelines are compared over seeds r
 
     python -m bench.seed_table runs/bench_report/results.json --split report --method gznq
 
-Several files (one `--out` per variant, the way pixel sets of other seeds are kept apart) get a column naming
-each line's file; with `--merge` they are read as one pool instead (one pipeline's seeds run into two files make
-one line; a seed found twice is refused). `--against K` adds, for every line, its paired difference from line K: the mean over the
-seeds both lines have of (this drop - line K's drop) with its standard error, the comparison that cancels what
-the seed does to both (the test images are the same; seed 0 of two lines shares what seed 0 draws).
+Several files (one `--out` per variant) get a column naming each line's file; with `--merge` they are read as
+one pool instead (one pipeline's seeds run into two files make one line; a seed found twice is refused). Pixel
+sets named with their seed at the end (runs/pix_x_s0, runs/pix_x_s1) make one line. `--against K` adds, for every
+line, its paired difference from line K (the table's # column): the mean over the seeds both lines have of
+(this drop - line K's drop) with its standard error, the comparison that cancels what the seed does to both
+(the test images are the same; seed 0 of two lines shares what seed 0 draws).
 
     python -m bench.seed_table runs/bench_c_gen065/results.json runs/bench_plain_select/results.json \\
-        --split select --setting W4A4:paper --against 2
+        --merge --split select --setting W4A4:paper --against 2
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from bench.common import read_rows
+from bench.common import pixel_set_of, read_rows
 
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
                model: str | None = None, setting: str | None = None, against: int | None = None) -> str:
-    """A markdown table of drops: a line per (results file when rows carry one, setting, pipeline, generator,
-    split), a column per seed, and the mean (rows without a generator show "-" there). `against`: the
+    """A markdown table of drops: a numbered line per (results file when rows carry one, setting, pipeline,
+    generator or pixel set (`images_of`), split), a column per seed, and the mean. `against`: the
     1-based line to add paired differences from (see the module's text).
 
     Raises:
@@ -40,11 +42,11 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
                 or contains not in r["pipeline"] or (model and r["model"] != model)
                 or (setting and r["setting"] != setting)):
             continue
-        key = (r.get("results", ""), r["setting"], r["pipeline"], r.get("generator") or "-", r.get("split", "?"))
+        key = (r.get("results", ""), r["setting"], r["pipeline"], images_of(r), r.get("split", "?"))
         if r["seed"] in groups[key]:
-            raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two pixel sets, or "
-                             "the same row in two files read with --merge): narrow with --contains or read the "
-                             "files apart")
+            raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, or "
+                             "the same row in two files read with --merge): narrow with --model, or read the files "
+                             "apart")
         groups[key][r["seed"]] = r["drop"]
     if not groups:
         raise ValueError("no rows match; check --split, --method, --contains, --setting and --model")
@@ -53,17 +55,27 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
         raise ValueError(f"--against {against}: the table has lines 1 to {len(lines_keys)}")
     seeds = sorted({s for drops in groups.values() for s in drops})
     several = any(key[0] for key in lines_keys)
-    head = (["results"] if several else []) + ["setting", "pipeline", "generator", "split"]
+    head = ["#"] + (["results"] if several else []) + ["setting", "pipeline", "generator or set", "split"]
     head += [f"seed {s}" for s in seeds] + ["mean"] + ([f"paired vs line {against}"] if against else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key in lines_keys:
+    for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
-        cells = (list(key) if several else list(key[1:])) + [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
+        cells = [str(number)] + (list(key) if several else list(key[1:]))
+        cells += [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
         cells.append(f"{statistics.fmean(drops.values()):.2f} (n={len(drops)})")
         if against:
             cells.append(paired_difference(drops, groups[lines_keys[against - 1]]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def images_of(row: dict) -> str:
+    """Where a row's images came from: its generator, or its pixel set with a seed ending the name written as
+    `_s*` (pix_x_s0, pix_x_s1: one variant over seeds), or "-"."""
+    pixels = pixel_set_of(row)
+    if pixels is not None:
+        return re.sub(rf"_s{row['seed']}$", "_s*", pixels)
+    return row.get("generator") or "-"
 
 
 def paired_difference(drops: dict[int, float], base: dict[int, float]) -> str:
@@ -89,6 +101,10 @@ def main(argv=None) -> None:
     p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
     args = p.parse_args(argv)
     rows = []
+    labels = [Path(path).parent.name for path in args.results]
+    if len(args.results) > 1 and not args.merge and len(set(labels)) < len(labels):
+        p.error(f"files in folders of one name ({', '.join(args.results)}) would share a label: give them folders "
+                "of other names, or read them as one pool with --merge")
     for path in args.results:
         if not Path(path).is_file():
             p.error(f"{path!r} is not a file: give results.json files written by bench/dfq_bench.py")

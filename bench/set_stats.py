@@ -15,7 +15,9 @@ other synthetic set; DIR/standardized.json says which set it came from (its pixe
 optimization that did not run: the format needs one). `--unchanged DIR` writes the set as it is, the control
 for a standardized one (the same images through the same path). `--rescale DIR --contrast S` writes it with every
 channel's deviations from its own mean scaled by one factor, so that the set's std after normalization is S and its
-colours (channel means, the channels' ratios) stay as they were: contrast alone changed. DIR is written whole or not at all
+colours (channel means, the channels' ratios) stay as they were; then the pixel range clamps, so raising the
+contrast reaches less than S and moves the colours a little (the record gives the std reached and the share of
+pixels clamped). DIR is written whole or not at all
 (`gznq.outdir`); one that holds such a set is replaced only with --overwrite, one that holds anything else never. `--compare DIR` reports the largest difference between the set and a pixel set, both normalized.
 """
 
@@ -32,8 +34,8 @@ from dfq.io import write_json_atomic
 from dfq.models import create_teacher
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import denormalize, normalize
-from generators.quality import capture_penultimate, within_class_distance
 from generators.pixel_opt import PIXELS_FILE, PIXELS_META, PixelOptConfig, load_pixels, save_pixels
+from generators.quality import capture_penultimate, within_class_distance
 from generators.refine import RefineConfig
 from gznq.outdir import ResultKind, check_output, writing_output
 from gznq.sources import image_set, parse_source
@@ -68,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--{' and --'.join(writers)} each write a set: give one")
     if (args.contrast is None) != (args.rescale is None):
         p.error("--rescale and --contrast go together: --rescale DIR --contrast S")
+    if not (math.isfinite(args.start_logit_scale) and args.start_logit_scale > 0):
+        p.error(f"--start-logit-scale must be a positive number, got {args.start_logit_scale}")
+    if args.start_logit_scale != 1.0 and args.refine_steps == 0:
+        p.error("--start-logit-scale scales where refinement starts: give --refine-steps > 0 with it")
     if args.contrast is not None and not (math.isfinite(args.contrast) and args.contrast > 0):
         p.error(f"--contrast must be a positive number, got {args.contrast}")
     if writers:
@@ -92,7 +98,8 @@ def set_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
     top-class probability and the share of images below 0.9, the spread of the teacher's penultimate features
     within each class it predicts (mean pairwise distance, as `generators.quality` measures diversity, but by
     the teacher's class, as a set made without labels has none that mean anything), the entropy of the
-    predicted classes (log 10 = 2.303 when balanced), and the mean over batches of the BN KL."""
+    predicted classes (log of the number of classes when balanced, 0 when one class), and the mean over batches
+    of the BN KL."""
     teacher.eval()
     images = torch.cat(batches)
     probs, features, kl = [], [], []
@@ -104,15 +111,21 @@ def set_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
             kl.append(bn_kl_loss(rec.stats).item())
     probs, features = torch.cat(probs), torch.cat(features)
     confidence, predicted = probs.max(1)
-    share = torch.bincount(predicted, minlength=probs.shape[1]).float() / len(predicted)
     return {"images": len(images), "std": round(images.std().item(), 3),
             "channel_std": [round(v, 3) for v in images.std((0, 2, 3)).tolist()],
             "channel_mean": [round(v, 3) for v in images.mean((0, 2, 3)).tolist()],
             "confidence": round(confidence.mean().item(), 3),
             "below_0.9": round((confidence < 0.9).float().mean().item(), 3),
             "feature_spread": round(within_class_distance(features, predicted), 3),
-            "class_entropy": round(-(share[share > 0] * share[share > 0].log()).sum().item(), 3),
+            "class_entropy": round(class_entropy(predicted, probs.shape[1]), 3),
             "batch_bn_kl": round(sum(kl) / len(kl), 4)}
+
+
+def class_entropy(predicted: torch.Tensor, num_classes: int) -> float:
+    """Entropy (nats) of the share of images in each predicted class."""
+    share = torch.bincount(predicted, minlength=num_classes).float() / len(predicted)
+    share = share[share > 0]
+    return -(share * share.log()).sum().item()
 
 
 def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -125,18 +138,21 @@ def standardized(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 def rescaled(images: torch.Tensor, mean, std, contrast: float) -> torch.Tensor:
     """Normalized `images` with each channel's deviations from its own mean over the set multiplied by the one
-    factor that makes the set's std `contrast`, returned as pixels in [0, 1] (clamped): the channel means and the
-    channels' relative spreads are kept.
+    factor that makes the set's std `contrast`, returned as pixels in [0, 1]: the channel means and the channels'
+    relative spreads are kept up to the clamping to [0, 1], which raising the contrast meets first.
 
     Raises:
         ValueError: the channel means alone spread more than `contrast`.
     """
     centre = images.mean((0, 2, 3), keepdim=True)
     within = (images - centre).square().sum()
+    if within == 0:
+        raise ValueError("the set has no contrast to scale: every channel is constant")
     between = (centre - images.mean()).square().sum() * (images.numel() // images.shape[1])
     wanted = contrast ** 2 * (images.numel() - 1)  # the std's sum of squares: between + factor^2 * within
     if wanted <= between:
-        raise ValueError(f"the channel means alone give a std above {contrast}: ask for more contrast")
+        low = (between / (images.numel() - 1)).sqrt().item()
+        raise ValueError(f"the channel means alone give a std of {low:.3f}, above {contrast}: ask for more contrast")
     return denormalize(centre + (images - centre) * ((wanted - between) / within).sqrt(), mean, std)
 
 
@@ -161,12 +177,14 @@ def main(argv=None) -> None:
             pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
         after = normalize(pixels, spec.mean, spec.std)
+        clamped = ((pixels == 0) | (pixels == 1)).float().mean().item()
         stats["written"] = {"dir": target, "standardized": bool(args.standardize), "contrast": args.contrast,
-                            "std": round(after.std().item(), 3)}
+                            "std": round(after.std().item(), 3), "clamped_share": round(clamped, 4)}
         with writing_output(target, WRITTEN_SET) as work:
             save_pixels(work, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
             write_json_atomic(work / MADE_FROM,
-                              {"made_from": {k: stats[k] for k in ("source", "refine_steps", "seed")},
+                              {"made_from": {"start_logit_scale": args.start_logit_scale,
+                                            **{k: stats[k] for k in ("source", "refine_steps", "seed")}},
                                "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
     if args.compare:
         other = normalize(load_pixels(args.compare, teacher_name=args.model)[0][:args.num_images], spec.mean, spec.std)

@@ -67,10 +67,9 @@ def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults()
     from gznq.sources import RefineKey
 
     plain = RefineConfig(steps=10)
-    fields = ", ".join(f"{f.name}={getattr(plain, f.name)!r}" for f in dataclasses.fields(plain)
-                       if f.name != "start_logit_scale")
-    assert repr(RefineKey(plain)) == f"RefineConfig({fields})"
+    before = repr(plain).replace(", start_logit_scale=1.0", "")  # the dataclass's repr before the field existed
+    assert "start_logit_scale" not in before and repr(RefineKey(plain)) == before
     assert repr(RefineKey(plain)).startswith("RefineConfig(steps=10, lr=0.05, bn_loss='kl'")
     scaled = dataclasses.replace(plain, start_logit_scale=0.4)
-    assert repr(RefineKey(scaled)) == f"RefineConfig({fields}, start_logit_scale=0.4)"
+    assert repr(RefineKey(scaled)) == repr(scaled) and "start_logit_scale=0.4" in repr(scaled)
     assert repr(RefineKey(None)) == "None"

@@ -75,13 +75,18 @@ def test_raw_and_noise_rows_are_configured_as_they_are_named():
 def test_rows_of_other_pixel_sets_are_kept_and_a_rerun_replaces_its_own():
     from bench.dfq_bench import KEY, merged
 
-    base = {k: None for k in KEY} | {"model": "m", "setting": "W4A4:paper", "method": "pixels", "pipeline": "pixels",
-                                      "split": "select", "seed": 0}
-    first = base | {"pixels": "runs/a", "drop": 1.0}
-    rows = merged([], first)
+    base = {k: None for k in KEY} | {"model": "cifar10_resnet20", "setting": "W4A4:paper", "method": "pixels",
+                                      "pipeline": "pixels", "split": "select", "seed": 0}
+    rows = merged([], base | {"pixels": "runs/a", "drop": 1.0})
     rows = merged(rows, base | {"pixels": "runs/b", "drop": 2.0})
     assert [r["drop"] for r in rows] == [1.0, 2.0]  # another set: a row of its own
-    rows = merged(rows, base | {"pixels": "runs/a", "drop": 3.0})
-    assert [(r["pixels"], r["drop"]) for r in rows] == [("runs/b", 2.0), ("runs/a", 3.0)]  # the re-run replaced
-    old = {k: v for k, v in base.items() if k != "pixels"} | {"drop": 4.0}  # written before the field existed
-    assert [r["drop"] for r in merged([old], base | {"drop": 5.0})] == [5.0]
+    rows = merged(rows, base | {"pixels": "runs/a/", "drop": 3.0})  # the same set, spelled otherwise
+    assert [(r["pixels"], r["drop"]) for r in rows] == [("runs/b", 2.0), ("runs/a/", 3.0)]  # the re-run replaced
+    # rows written before the field existed: the set their command names, or the bench's default set
+    old = {k: v for k, v in base.items() if k != "pixels"}
+    old_a = old | {"drop": 4.0, "command": "python -m bench.dfq_bench --methods pixels --pixels runs/a --seed 0"}
+    old_default = old | {"drop": 5.0, "command": "python -m bench.dfq_bench --methods pixels --seed 0"}
+    rows = merged([old_a, old_default], base | {"pixels": "runs/a", "drop": 6.0})
+    assert [r["drop"] for r in rows] == [5.0, 6.0]
+    rows = merged(rows, base | {"pixels": "runs/pixels_resnet20", "drop": 7.0})
+    assert [r["drop"] for r in rows] == [6.0, 7.0]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from bench.generator_bench import _SpecStub, check_kept, configs, parse_args
 from bench.dfq_bench import parse_overrides
+from bench.generator_bench import _SpecStub, check_kept, configs, parse_args
 
 
 def test_variants_become_configs_with_the_bench_steps_and_seed_unless_they_set_them():

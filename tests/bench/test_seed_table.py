@@ -15,11 +15,11 @@ ROWS = [
 
 def test_one_line_per_pipeline_and_split_with_its_seeds_and_mean():
     lines = seed_table(ROWS, method="gznq").splitlines()
-    assert lines[0] == "| setting | pipeline | generator | split | seed 0 | seed 1 | seed 2 | mean |"
-    assert lines[2] == "| W4A4:paper | a | - | report | 1.00 | - | 2.00 | 1.50 (n=2) |"
-    assert lines[3] == "| W4A4:paper | a | - | select | - | 7.00 | - | 7.00 (n=1) |"  # never averaged with report
-    assert lines[4] == "| W4A4:paper | a | g2 | report | 3.00 | - | - | 3.00 (n=1) |"  # another generator's row
-    assert lines[5] == "| W4A4:paper | b | - | report | - | 0.50 | - | 0.50 (n=1) |"
+    assert lines[0] == "| # | setting | pipeline | generator or set | split | seed 0 | seed 1 | seed 2 | mean |"
+    assert lines[2] == "| 1 | W4A4:paper | a | - | report | 1.00 | - | 2.00 | 1.50 (n=2) |"
+    assert lines[3] == "| 2 | W4A4:paper | a | - | select | - | 7.00 | - | 7.00 (n=1) |"  # never averaged with report
+    assert lines[4] == "| 3 | W4A4:paper | a | g2 | report | 3.00 | - | - | 3.00 (n=1) |"  # another generator's row
+    assert lines[5] == "| 4 | W4A4:paper | b | - | report | - | 0.50 | - | 0.50 (n=1) |"
     assert len(lines) == 6  # the gdfq row is left out
 
 
@@ -30,12 +30,12 @@ def test_split_filter_and_no_matching_rows():
 
 
 def test_paired_difference_from_a_line_over_common_seeds():
-    rows = [{"model": "m", "setting": "W4A4:paper", "method": "pixels", "pipeline": "pixels", "split": "select",
+    rows = [{"model": "m", "setting": "W4A4:paper", "method": "gznq", "pipeline": "pixels", "split": "select",
              "seed": s, "drop": d, "results": tag}
             for tag, drops in (("base", (1.0, 2.0, 0.5)), ("new", (0.5, 1.0, 0.5, 9.0))) for s, d in enumerate(drops)]
     lines = seed_table(rows, against=1).splitlines()
-    assert lines[0].startswith("| results | setting |") and lines[0].endswith("| mean | paired vs line 1 |")
-    assert lines[2] == "| base | W4A4:paper | pixels | - | select | 1.00 | 2.00 | 0.50 | - | 1.17 (n=3) | +0.00 +- 0.00 (n=3) |"
+    assert lines[0].startswith("| # | results | setting |") and lines[0].endswith("| mean | paired vs line 1 |")
+    assert lines[2] == "| 1 | base | W4A4:paper | pixels | - | select | 1.00 | 2.00 | 0.50 | - | 1.17 (n=3) | +0.00 +- 0.00 (n=3) |"
     # seeds 0-2 in common (seed 3 has no partner): differences -0.5, -1.0, 0.0: mean -0.5, SE 0.5 / sqrt(3)
     assert lines[3].endswith("| 0.50 | 1.00 | 0.50 | 9.00 | 2.75 (n=4) | -0.50 +- 0.29 (n=3) |")
     with pytest.raises(ValueError, match="lines 1 to 2"):
@@ -53,14 +53,45 @@ def test_the_command_reads_several_files_and_refuses_a_missing_one(tmp_path, cap
         (tmp_path / name / "results.json").write_text(json.dumps({"rows": [row]}))
     main([str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"), "--against", "1"])
     out = capsys.readouterr().out.splitlines()
-    assert out[3] == "| b | W4A4:paper | a | - | report | 0.25 | 0.25 (n=1) | -0.75 (n=1) |"
+    assert out[3] == "| 2 | b | W4A4:paper | a | - | report | 0.25 | 0.25 (n=1) | -0.75 (n=1) |"
     files = [str(tmp_path / n / "results.json") for n in ("a", "b")]
     with pytest.raises(SystemExit):  # one pool: both files hold seed 0 of the same line
         main(files + ["--merge"])
     assert "two rows for seed 0 of W4A4:paper / a / - / report" in capsys.readouterr().err
     (tmp_path / "b" / "results.json").write_text(json.dumps({"rows": [ROWS[0] | {"drop": 0.25, "seed": 5}]}))
     main(files + ["--merge"])
-    assert capsys.readouterr().out.splitlines()[2] == "| W4A4:paper | a | - | report | 1.00 | 0.25 | 0.62 (n=2) |"
+    assert capsys.readouterr().out.splitlines()[2] == "| 1 | W4A4:paper | a | - | report | 1.00 | 0.25 | 0.62 (n=2) |"
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.json")])
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_pixel_sets_named_by_seed_make_one_line_and_other_sets_their_own():
+    def row(pixels, seed, drop, **extra):
+        return {"model": "cifar10_resnet20", "setting": "W4A4:paper", "method": "pixels", "pipeline": "pixels",
+                "split": "select", "seed": seed, "drop": drop, "pixels": pixels, **extra}
+
+    old = row(None, 0, 9.0, command="python -m bench.dfq_bench --methods pixels --pixels runs/pix_c_s0 --seed 0")
+    del old["pixels"]  # written before the field: its command names the set
+    rows = [row("runs/pix_a_s0", 0, 1.0), row("runs/pix_a_s1", 1, 2.0), row("runs/pix_b_s0", 0, 3.0), old]
+    lines = seed_table(rows).splitlines()
+    assert lines[2] == "| 1 | W4A4:paper | pixels | runs/pix_a_s* | select | 1.00 | 2.00 | 1.50 (n=2) |"
+    assert lines[3] == "| 2 | W4A4:paper | pixels | runs/pix_b_s* | select | 3.00 | - | 3.00 (n=1) |"
+    assert lines[4] == "| 3 | W4A4:paper | pixels | runs/pix_c_s* | select | 9.00 | - | 9.00 (n=1) |"
+
+
+def test_files_in_folders_of_one_name_are_refused_unless_merged(tmp_path, capsys):
+    import json
+
+    from bench.seed_table import main
+
+    files = []
+    for parent in ("x", "y"):
+        (tmp_path / parent / "bench").mkdir(parents=True)
+        files.append(tmp_path / parent / "bench" / "results.json")
+        files[-1].write_text(json.dumps({"rows": [ROWS[0] | {"seed": len(files)}]}))
+    with pytest.raises(SystemExit):
+        main([str(f) for f in files])
+    assert "would share a label" in capsys.readouterr().err
+    main([str(f) for f in files] + ["--merge"])
+    assert "1.00 | 1.00 | 1.00 (n=2)" in capsys.readouterr().out

@@ -1,9 +1,10 @@
 import json
+import math
 
 import pytest
 import torch
 
-from bench.set_stats import main, parse_args, rescaled, set_stats, standardized
+from bench.set_stats import class_entropy, main, parse_args, rescaled, set_stats, standardized
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from generators.quality import capture_penultimate, within_class_distance
@@ -36,8 +37,19 @@ def test_rescaled_changes_contrast_only():
     ratios = back.std((0, 2, 3)) / images.std((0, 2, 3))
     torch.testing.assert_close(ratios, ratios[:1].expand(3), atol=1e-4, rtol=0)
     assert 0.3 < ratios[0] < 0.9  # shrunk, by one factor
-    with pytest.raises(ValueError, match="channel means alone"):
+    with pytest.raises(ValueError, match="channel means alone give a std of 0.30"):
         rescaled(images, mean, std, 0.1)
+    with pytest.raises(ValueError, match="no contrast to scale"):
+        rescaled(torch.zeros(4, 3, 2, 2), mean, std, 1.0)
+    # raising the contrast meets the pixel range: clamped, so the std reached is below the one asked
+    raised = normalize(rescaled(images, mean, std, 3.0), mean, std)
+    assert raised.min() >= -2 - 1e-5 and raised.max() <= 2 + 1e-5 and 1.0 < raised.std() < 3.0
+
+
+def test_class_entropy_known_values():
+    assert class_entropy(torch.zeros(8, dtype=torch.long), 4) == 0  # one class
+    assert abs(class_entropy(torch.arange(8) % 4, 4) - math.log(4)) < 1e-6  # balanced
+    assert abs(class_entropy(torch.tensor([0, 0, 0, 1]), 4) - (-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))) < 1e-6
 
 
 def test_set_stats_reads_contrast_confidence_and_bn_kl():
@@ -49,7 +61,6 @@ def test_set_stats_reads_contrast_confidence_and_bn_kl():
     with torch.no_grad(), capture_penultimate(teacher) as captured:
         probs = teacher(images).softmax(1)
     top, predicted = probs.max(1)
-    share = torch.bincount(predicted, minlength=probs.shape[1]).float() / len(predicted)
     kl = []
     for x in batches:
         with torch.no_grad(), BNStatsRecorder(teacher) as rec:
@@ -61,7 +72,7 @@ def test_set_stats_reads_contrast_confidence_and_bn_kl():
     assert stats["confidence"] == round(top.mean().item(), 3)
     assert stats["below_0.9"] == round((top < 0.9).float().mean().item(), 3)
     assert stats["feature_spread"] == round(within_class_distance(captured[-1], predicted), 3)
-    assert stats["class_entropy"] == round(-(share[share > 0] * share[share > 0].log()).sum().item(), 3)
+    assert stats["class_entropy"] == round(class_entropy(predicted, 4), 3)
     assert 0 <= stats["class_entropy"] <= 1.387 + 1e-3  # at most log 4 for the tiny teacher's 4 classes
     assert stats["batch_bn_kl"] == round(sum(kl) / 2, 4) and stats["batch_bn_kl"] > 0.1  # far from the BN statistics
 
@@ -92,10 +103,15 @@ def test_bad_outputs_and_comparisons_are_refused_before_any_work(tmp_path, capsy
     for bad, message in ((["--rescale", "r"], "go together"), (["--contrast", "1.0"], "go together"),
                          (["--rescale", "r", "--contrast", "0"], "must be a positive number"),
                          (["--rescale", "r", "--contrast", "nan"], "must be a positive number"),
-                         (["--rescale", "r", "--contrast", "1", "--unchanged", "u"], "give one")):
+                         (["--rescale", "r", "--contrast", "1", "--unchanged", "u"], "give one"),
+                         (["--start-logit-scale", "nan"], "must be a positive number"),
+                         (["--start-logit-scale", "0"], "must be a positive number")):
         with pytest.raises(SystemExit):
             parse_args(args + bad)
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no refinement, nothing to scale
+        parse_args(["--source", "noise", "--start-logit-scale", "0.5"])
+    assert "give --refine-steps > 0 with it" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(args + ["--compare", str(other)])
     assert "is not a pixel set" in capsys.readouterr().err
