@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bench.set_stats import class_entropy, main, parse_args, rescaled, set_stats, standardized
+from bench.set_stats import class_entropy, main, parse_args, pixel_saturation, rescaled, set_stats, standardized
 from generators.bn_stats import BNStatsRecorder, bn_kl_loss
 from generators.network import normalize
 from generators.quality import capture_penultimate, within_class_distance
@@ -44,6 +44,12 @@ def test_rescaled_changes_contrast_only():
     # raising the contrast meets the pixel range: clamped, so the std reached is below the one asked
     raised = normalize(rescaled(images, mean, std, 3.0), mean, std)
     assert raised.min() >= -2 - 1e-5 and raised.max() <= 2 + 1e-5 and 1.0 < raised.std() < 3.0
+
+
+def test_pixel_saturation_known_values():
+    pixels = torch.tensor([0.0, 0.5, 0.99, 0.3])  # two of four within 0.05 of black or white
+    logits = [math.log((1 - 1e-4) / 1e-4), 0.0, math.log(0.99 / 0.01), math.log(0.7 / 0.3)]
+    assert pixel_saturation(pixels) == {"near_black_or_white": 0.5, "mean_abs_logit": round(sum(logits) / 4, 2)}
 
 
 def test_class_entropy_known_values():
