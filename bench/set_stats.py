@@ -173,16 +173,19 @@ def main(argv=None) -> None:
     batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
                                          num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                          refine=refine, cache_dir=args.image_cache)
+    images = torch.cat(batches)
     stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
              **({"start_logit_scale": args.start_logit_scale} if args.start_logit_scale != 1.0 else {}),
              "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches),
-             **pixel_saturation(denormalize(torch.cat(batches), spec.mean, spec.std))}
+             **pixel_saturation(denormalize(images, spec.mean, spec.std))}
     target = args.standardize or args.unchanged or args.rescale
     if target:
-        images = torch.cat(batches)
         if args.rescale:
-            pixels = rescaled(images, spec.mean, spec.std, args.contrast)
+            try:
+                pixels = rescaled(images, spec.mean, spec.std, args.contrast)
+            except ValueError as exc:  # known only once the set is made
+                raise SystemExit(f"set_stats: --contrast {args.contrast}: {exc}") from None
         else:
             pixels = (standardized if args.standardize else denormalize)(images, spec.mean, spec.std)
         labels = torch.arange(len(pixels)) % spec.num_classes  # calibration and reconstruction read no label
@@ -198,7 +201,7 @@ def main(argv=None) -> None:
                                "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
     if args.compare:
         other = normalize(load_pixels(args.compare, teacher_name=args.model)[0][:args.num_images], spec.mean, spec.std)
-        stats["compared"] = {"dir": args.compare, "max_abs_difference": (torch.cat(batches) - other).abs().max().item()}
+        stats["compared"] = {"dir": args.compare, "max_abs_difference": (images - other).abs().max().item()}
     if args.record:
         write_json_atomic(args.record, stats)
     print(json.dumps(stats))

@@ -140,3 +140,7 @@ def test_unchanged_standardized_and_compare_through_the_command(weights_dir, tmp
     assert again["from_cache"] is True and again["compared"]["max_abs_difference"] < 1e-5
     assert abs(again["written"]["std"] - 1.0) < 0.05
     assert json.loads((tmp_path / "s" / "standardized.json").read_text())["made_from"]["source"] == "noise"
+    # a contrast below what the channel means alone give: a clear error, nothing written
+    with pytest.raises(SystemExit, match="--contrast 0.001: the channel means alone give a std of"):
+        main(common + ["--rescale", str(tmp_path / "r"), "--contrast", "0.001"])
+    assert not (tmp_path / "r").exists()
