@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refine-steps", type=int, default=0, help="refinement steps a batch (0: the set as drawn)")
     p.add_argument("--start-logit-scale", type=float, default=1.0,
                    help="refinement's start_logit_scale (generators.refine.RefineConfig)")
+    p.add_argument("--spread-weight", type=float, default=0.0,
+                   help="refinement's spread_weight (generators.refine.RefineConfig)")
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--start-logit-scale must be a positive number, got {args.start_logit_scale}")
     if args.start_logit_scale != 1.0 and args.refine_steps == 0:
         p.error("--start-logit-scale scales where refinement starts: give --refine-steps > 0 with it")
+    if not (math.isfinite(args.spread_weight) and args.spread_weight >= 0):
+        p.error(f"--spread-weight must be a number >= 0, got {args.spread_weight}")
+    if args.spread_weight and args.refine_steps == 0:
+        p.error("--spread-weight weights a refinement term: give --refine-steps > 0 with it")
     if args.contrast is not None and not (math.isfinite(args.contrast) and args.contrast > 0):
         p.error(f"--contrast must be a positive number, got {args.contrast}")
     if writers:
@@ -168,7 +174,8 @@ def rescaled(images: torch.Tensor, mean, std, contrast: float) -> torch.Tensor:
 def main(argv=None) -> None:
     args = parse_args(argv)
     teacher, spec = create_teacher(args.model, checkpoint=args.checkpoint)
-    refine = RefineConfig(steps=args.refine_steps, start_logit_scale=args.start_logit_scale) \
+    refine = RefineConfig(steps=args.refine_steps, start_logit_scale=args.start_logit_scale,
+                          spread_weight=args.spread_weight) \
         if args.refine_steps else None
     batches, seconds, reused = image_set(parse_source(args.source), teacher=teacher, teacher_name=args.model, spec=spec,
                                          num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
@@ -176,6 +183,7 @@ def main(argv=None) -> None:
     images = torch.cat(batches)
     stats = {"source": args.source, "refine_steps": args.refine_steps, "seed": args.seed,
              **({"start_logit_scale": args.start_logit_scale} if args.start_logit_scale != 1.0 else {}),
+             **({"spread_weight": args.spread_weight} if args.spread_weight else {}),
              "made_seconds": round(seconds),
              "from_cache": reused, **set_stats(teacher, batches),
              **pixel_saturation(denormalize(images, spec.mean, spec.std))}
@@ -197,6 +205,7 @@ def main(argv=None) -> None:
             save_pixels(work, pixels, labels, teacher=args.model, config=PixelOptConfig(), seconds=seconds)
             write_json_atomic(work / MADE_FROM,
                               {"made_from": {"start_logit_scale": args.start_logit_scale,
+                                             "spread_weight": args.spread_weight,
                                             **{k: stats[k] for k in ("source", "refine_steps", "seed")}},
                                "num_images": args.num_images, "batch_size": args.batch_size, **stats["written"]})
     if args.compare:

@@ -9,6 +9,7 @@ does, at a fraction of its cost (it starts from an image, not from noise).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dfq.modes import frozen
 from generators.augment import random_jitter, random_resized_crop, scaled_shift
 from generators.bn_stats import BN_LOSSES, BNStatsRecorder
 from generators.network import normalize
+from generators.quality import capture_penultimate
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class RefineConfig:
     given multiplied by this; below 1 it pulls saturated pixels back toward grey, where a few steps at this lr
     can move them (ResNet-20's shipped generator puts 25% of its pixels within 0.05 of black or white, mean logit
     magnitude 2.09 against noise starts' 0.80, `bench/set_stats.py`); 1.0 starts from the images as given.
+    spread_weight: weight of a within-class spread term, `within_class_similarity` of the teacher's penultimate
+    features (mean cosine similarity of pairs of images the teacher puts in one class); minimizing it pushes
+    images of one class apart in the features the student is calibrated on (IntraQ's intra-class
+    heterogeneity, at refinement time). 0 (the default) leaves it out.
     1.0 stays the default: 0.4 lost 0.42 more than 1.0 at W4A4 `paper` on the select half, worse on each of four
     seeds (docs/benchmarks.md, "Noise against the generator over five seeds").
 
@@ -68,6 +74,7 @@ class RefineConfig:
     boundary_min: float = 0.5
     crop_scale: float = 0.25
     start_logit_scale: float = 1.0
+    spread_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -76,9 +83,11 @@ class RefineConfig:
             raise ValueError(f"refinement steps must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"refinement lr must be positive, got {self.lr}")
-        if min(self.bn_weight, self.ce_weight, self.tv_weight) < 0:
-            raise ValueError(f"refinement loss weights must be >= 0, got bn_weight={self.bn_weight}, "
-                             f"ce_weight={self.ce_weight}, tv_weight={self.tv_weight}")
+        weights = (self.bn_weight, self.ce_weight, self.tv_weight, self.spread_weight)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"refinement loss weights must be finite and >= 0, got bn_weight={self.bn_weight}, "
+                             f"ce_weight={self.ce_weight}, tv_weight={self.tv_weight}, "
+                             f"spread_weight={self.spread_weight}")
         if not 0 <= self.boundary_share <= 1 or not 0 <= self.boundary_min <= 1:
             raise ValueError(f"boundary_share and boundary_min must be in [0, 1], got {self.boundary_share} "
                              f"and {self.boundary_min}")
@@ -126,6 +135,23 @@ def boundary_targets(labels: torch.Tensor, num_classes: int, share: float, low: 
     return targets
 
 
+def within_class_similarity(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of the pairs of distinct rows of `features` (B, D) that share a class in
+    `classes` (B,), averaged over the classes that have two rows or more; 0 (with a gradient of zero) where
+    no class has two. Lower is more spread within classes."""
+    unit = F.normalize(features.flatten(1), dim=1)
+    similarity = unit @ unit.T
+    same = (classes[:, None] == classes[None, :]) & ~torch.eye(len(classes), dtype=torch.bool,
+                                                               device=classes.device)
+    counts = same.sum(dim=1)  # other rows of each row's class
+    per_class = []
+    for c in classes.unique():
+        rows = (classes == c) & (counts > 0)
+        if rows.any():
+            per_class.append(similarity[rows][same[rows]].mean())
+    return torch.stack(per_class).mean() if per_class else features.sum() * 0
+
+
 def optimize_logits(
     teacher: nn.Module,
     spec: InputSpec,
@@ -137,7 +163,9 @@ def optimize_logits(
 ) -> tuple[torch.Tensor, float]:
     """Optimize pixel logits (images are sigmoid(logits)) of one batch for `config.steps` Adam steps against
     the BN loss of the whole batch plus, with `config.ce_weight`, the teacher's cross-entropy on `labels`
-    (class indices, or class probabilities of shape (B, classes)). The teacher must be in
+    (class indices, or class probabilities of shape (B, classes)) and, with `config.spread_weight`, the
+    within-class similarity of the teacher's penultimate features, the classes being the teacher's own
+    predictions at that step (so that it needs no labels the teacher agrees with). The teacher must be in
     eval mode with frozen parameters.
 
     Returns:
@@ -153,9 +181,12 @@ def optimize_logits(
         x = torch.sigmoid(logits)
         jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
                                  generator=generator)
-        with BNStatsRecorder(teacher) as rec:
+        with BNStatsRecorder(teacher) as rec, capture_penultimate(teacher, detach=False) if config.spread_weight \
+                else contextlib.nullcontext() as features:
             out = teacher(normalize(jittered, spec.mean, spec.std))
         loss = config.bn_weight * bn_loss(rec.stats)
+        if config.spread_weight:
+            loss = loss + config.spread_weight * within_class_similarity(features[-1], out.detach().argmax(1))
         if config.ce_weight:
             loss = loss + config.ce_weight * F.cross_entropy(out, labels)
         if config.tv_weight:

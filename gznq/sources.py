@@ -143,7 +143,7 @@ def check_source(source: Source) -> None:
     raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
 
 
-LATER_REFINE_FIELDS = ("start_logit_scale",)  # added after sets were cached: in the key only when not the default
+LATER_REFINE_FIELDS = ("start_logit_scale", "spread_weight")  # added after sets were cached: in the key only when not the default
 
 
 class RefineKey:

@@ -111,13 +111,18 @@ def test_bad_outputs_and_comparisons_are_refused_before_any_work(tmp_path, capsy
                          (["--rescale", "r", "--contrast", "nan"], "must be a positive number"),
                          (["--rescale", "r", "--contrast", "1", "--unchanged", "u"], "give one"),
                          (["--start-logit-scale", "nan"], "must be a positive number"),
-                         (["--start-logit-scale", "0"], "must be a positive number")):
+                         (["--start-logit-scale", "0"], "must be a positive number"),
+                         (["--spread-weight", "-1"], "must be a number >= 0"),
+                         (["--spread-weight", "nan"], "must be a number >= 0")):
         with pytest.raises(SystemExit):
             parse_args(args + bad)
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # no refinement, nothing to scale
         parse_args(["--source", "noise", "--start-logit-scale", "0.5"])
     assert "give --refine-steps > 0 with it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--source", "noise", "--spread-weight", "0.02"])
+    assert "weights a refinement term: give --refine-steps > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(args + ["--compare", str(other)])
     assert "is not a pixel set" in capsys.readouterr().err

@@ -3,7 +3,15 @@ import torch
 
 from generators.augment import random_resized_crop
 from generators.network import normalize
-from generators.refine import RefineConfig, RefinedBatches, boundary_targets, optimize_logits, refine_images
+from generators.quality import capture_penultimate
+from generators.refine import (
+    RefineConfig,
+    RefinedBatches,
+    boundary_targets,
+    optimize_logits,
+    refine_images,
+    within_class_similarity,
+)
 from gznq.sources import Source, open_source
 from tests.generators.helpers import TINY_SPEC, batch_bn_kl, tiny_teacher
 
@@ -40,8 +48,11 @@ def test_zero_steps_is_the_identity_and_bad_inputs_are_refused():
         RefineConfig(steps=-1)
     with pytest.raises(ValueError, match="unknown BN loss 'l1'"):
         RefineConfig(bn_loss="l1")
-    with pytest.raises(ValueError, match="loss weights must be >= 0, got bn_weight=1.0, ce_weight=-1"):
+    with pytest.raises(ValueError, match="loss weights must be finite and >= 0, got bn_weight=1.0, ce_weight=-1"):
         RefineConfig(ce_weight=-1)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"spread_weight={bad}"):
+            RefineConfig(spread_weight=bad)
     with pytest.raises(ValueError, match="boundary_share acts through the class loss"):
         RefineConfig(boundary_share=0.5, ce_weight=0.0)
 
@@ -143,3 +154,39 @@ def test_start_logit_scale_starts_refinement_from_greyer_images():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="start_logit_scale must be a positive number"):
             RefineConfig(start_logit_scale=bad)
+
+
+def test_within_class_similarity_averages_the_cosine_of_same_class_pairs_per_class():
+    features = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0],  # class 0: all pairs at cosine 1
+                             [1.0, 0.0], [0.0, 5.0],  # class 1: one pair at cosine 0
+                             [1.0, 1.0]])  # class 2: alone, left out
+    classes = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert within_class_similarity(features, classes).item() == pytest.approx(0.5)  # (1 + 0) / 2, per class
+    mixed = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert within_class_similarity(mixed, torch.tensor([0, 0, 0])).item() == pytest.approx(2 ** 0.5 / 3)
+    lone = torch.randn(3, 4, requires_grad=True)
+    value = within_class_similarity(lone, torch.tensor([0, 1, 2]))  # no class has two rows
+    value.backward()
+    assert value.item() == 0 and torch.equal(lone.grad, torch.zeros(3, 4))
+
+
+def test_the_spread_term_pushes_images_of_one_class_apart_in_the_teachers_features():
+    teacher = tiny_teacher()
+    images, labels = _batch(n=24)
+
+    def similarity(x):
+        with torch.no_grad(), capture_penultimate(teacher) as features:
+            predicted = teacher(normalize(x, TINY_SPEC.mean, TINY_SPEC.std)).argmax(1)
+        return within_class_similarity(features[-1], predicted).item()
+
+    def refined(**weights):  # no jitter, so the features optimized are the ones measured
+        config = RefineConfig(steps=20, lr=0.1, crop_scale=1.0, max_shift=0, flip=False, **weights)
+        return refine_images(teacher, TINY_SPEC, images, labels, config, generator=torch.Generator().manual_seed(0))
+
+    # the tiny teacher's pooled features of noise are nearly parallel (0.998); the term alone spreads them,
+    # the BN loss alone hardly does
+    start, spread, bn_only = similarity(images), similarity(refined(bn_weight=0.0, spread_weight=1.0)), \
+        similarity(refined(bn_weight=1.0))
+    assert spread < start - 0.03 and spread < bn_only - 0.03, (start, spread, bn_only)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in teacher.modules())  # hooks removed
+
