@@ -266,6 +266,7 @@ class Bench:
                 "generator": generator, "pixels": os.path.normpath(self.args.pixels) if method == "pixels" else None,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
+                "broken": report.get("broken"), "fixed": report.get("fixed"), "output_kl": report.get("output_kl"),
                 "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
                 "num_eval_images": report["num_images"], "recon_augment": report.get("recon_augment"),
                 "recon_last_block": report.get("recon_last_block")}

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -27,6 +28,11 @@ class EvalResult:
     teacher_top5: float | None = None
     agreement: float | None = None  # % of images where model and teacher predict the same class
     drop: float | None = None  # teacher top-1 minus model top-1, in points, from the counts (no float residue)
+    # the drop's two parts (drop = broken - fixed): % of images the teacher gets right and the model wrong,
+    # and % the teacher gets wrong and the model right
+    broken: float | None = None
+    fixed: float | None = None
+    output_kl: float | None = None  # mean KL(teacher's softmax || model's), nats per image: fidelity to the teacher
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -67,7 +73,8 @@ def evaluate(
         ValueError: the batches are empty.
     """
     device = _device_of(model)
-    n = top1 = top5 = t_top1 = t_top5 = agree = 0
+    n = top1 = top5 = t_top1 = t_top5 = agree = broken = fixed = 0
+    kl = 0.0
     start = time.perf_counter()
     with restored(model), restored(teacher) if teacher is not None else contextlib.nullcontext():
         model.eval()
@@ -85,13 +92,19 @@ def evaluate(
                 c1, c5 = _correct_topk(t_logits, labels, 5)
                 t_top1, t_top5 = t_top1 + c1, t_top5 + c5
                 agree += int(logits.argmax(1).eq(t_logits.argmax(1)).sum())
+                right, t_right = logits.argmax(1).eq(labels), t_logits.argmax(1).eq(labels)
+                broken += int((t_right & ~right).sum())
+                fixed += int((~t_right & right).sum())
+                kl += float(F.kl_div(F.log_softmax(logits.float(), 1), F.log_softmax(t_logits.float(), 1),
+                                     log_target=True, reduction="sum"))
             bar.update(labels.numel())
             bar.set_postfix(top1=f"{100 * top1 / n:.2f}")
         bar.close()
     if distributed.is_distributed():  # each process evaluated its shard: the counts of all images are the sums
-        counts = distributed.all_reduce(torch.tensor([n, top1, top5, t_top1, t_top5, agree], dtype=torch.long,
-                                                     device=device), "sum")
-        n, top1, top5, t_top1, t_top5, agree = counts.tolist()
+        counts = distributed.all_reduce(torch.tensor([n, top1, top5, t_top1, t_top5, agree, broken, fixed],
+                                                     dtype=torch.long, device=device), "sum")
+        n, top1, top5, t_top1, t_top5, agree, broken, fixed = counts.tolist()
+        kl = distributed.all_reduce(torch.tensor([kl], dtype=torch.float64, device=device), "sum").item()
     if n == 0:
         raise ValueError("no images to evaluate: the batches were empty")
     seconds = time.perf_counter() - start
@@ -101,4 +114,6 @@ def evaluate(
         result.teacher_top5 = 100 * t_top5 / n
         result.agreement = 100 * agree / n
         result.drop = 100 * (t_top1 - top1) / n
+        result.broken, result.fixed = 100 * broken / n, 100 * fixed / n
+        result.output_kl = kl / n
     return result

@@ -40,6 +40,22 @@ def test_top1_top5_and_agreement_are_counted_exactly():
     assert r.teacher_top1 == 75.0
     assert r.agreement == 50.0  # images 0 and 3 agree (class 0)
     assert set(r.to_dict()) >= {"top1", "top5", "num_images", "seconds", "agreement", "teacher_top1"}
+    assert r.broken == 50.0 and r.fixed == 0.0  # images 1 and 2: teacher right, student wrong
+
+
+def test_the_drop_splits_into_images_broken_and_fixed_and_the_output_kl_is_the_mean_per_image():
+    # labels 0, 1, 2, 0: the teacher gets images 0 and 1 right; the student gets 0 and 2 right
+    teacher = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [1.0, 0, 0], [0, 0, 1.0]])
+    student = torch.tensor([[2.0, 0, 0], [3.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    r = evaluate(FixedLogits(student), [(torch.zeros(4, 1), labels)], teacher=FixedLogits(teacher), progress=False)
+    assert (r.broken, r.fixed) == (25.0, 25.0) and r.drop == r.broken - r.fixed == 0.0
+    p, q = teacher.softmax(1), student.softmax(1)
+    per_image = (p * (p.log() - q.log())).sum(1)  # 0 for images 0 and 3, whose logits are the same
+    assert per_image[0] == 0 and per_image[1] > 0
+    assert r.output_kl == pytest.approx(per_image.mean().item(), rel=1e-6)
+    assert evaluate(FixedLogits(teacher), [(torch.zeros(4, 1), labels)], teacher=FixedLogits(teacher.clone()),
+                    progress=False).output_kl == pytest.approx(0.0, abs=1e-7)
 
 
 def test_modes_are_restored_and_empty_input_is_an_error():
