@@ -12,6 +12,10 @@ line, its paired difference from line K (the table's # column): the mean over th
 
     python -m bench.seed_table runs/bench_c_gen065/results.json runs/bench_plain_select/results.json \\
         --merge --split select --setting W4A4:paper --against 2
+
+`--value` tabulates another figure of the rows instead of the drop: the agreement with the teacher, the drop's two
+parts (`broken`: % of images the teacher gets right and the student wrong; `fixed`: the reverse) or `output_kl`
+(the student's mean KL from the teacher's outputs); rows written before a figure existed are left out.
 """
 
 from __future__ import annotations
@@ -25,20 +29,26 @@ from pathlib import Path
 
 from bench.common import pixel_set_of, read_rows
 
+VALUES = {"drop": 2, "agreement": 2, "broken": 2, "fixed": 2, "output_kl": 4}  # figures, and the decimals shown
+
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
-               model: str | None = None, setting: str | None = None, against: int | None = None) -> str:
-    """A markdown table of drops: a numbered line per (results file when rows carry one, setting, pipeline,
-    generator or pixel set (`images_of`), split), a column per seed, and the mean. `against`: the
-    1-based line to add paired differences from (see the module's text).
+               model: str | None = None, setting: str | None = None, against: int | None = None,
+               value: str = "drop") -> str:
+    """A markdown table of drops (or of another of the rows' figures, `value`, one of VALUES; rows without it
+    are left out): a numbered line per (results file when rows carry one, setting, pipeline, generator or pixel
+    set (`images_of`), split), a column per seed, and the mean. `against`: the 1-based line to add paired
+    differences from (see the module's text).
 
     Raises:
         ValueError: no row matches the filters, two rows give one line the same seed, or `against` names no
             line.
     """
+    if value not in VALUES:
+        raise ValueError(f"unknown value {value!r}; choose one of {', '.join(VALUES)}")
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        if ((split and r.get("split") != split) or (method and r["method"] != method)
+        if (r.get(value) is None or (split and r.get("split") != split) or (method and r["method"] != method)
                 or contains not in r["pipeline"] or (model and r["model"] != model)
                 or (setting and r["setting"] != setting)):
             continue
@@ -47,24 +57,26 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
             raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, or "
                              "the same row in two files read with --merge): narrow with --model, or read the files "
                              "apart")
-        groups[key][r["seed"]] = r["drop"]
+        groups[key][r["seed"]] = r[value]
     if not groups:
-        raise ValueError("no rows match; check --split, --method, --contains, --setting and --model")
+        raise ValueError(f"no rows {'' if value == 'drop' else f'with {value} '}match; check --split, --method, "
+                         "--contains, --setting and --model")
     lines_keys = sorted(groups)
     if against is not None and not 1 <= against <= len(lines_keys):
         raise ValueError(f"--against {against}: the table has lines 1 to {len(lines_keys)}")
     seeds = sorted({s for drops in groups.values() for s in drops})
     several = any(key[0] for key in lines_keys)
     head = ["#"] + (["results"] if several else []) + ["setting", "pipeline", "generator or set", "split"]
-    head += [f"seed {s}" for s in seeds] + ["mean"] + ([f"paired vs line {against}"] if against else [])
+    head += [f"seed {s}" for s in seeds] + ["mean" if value == "drop" else f"mean {value}"] + ([f"paired vs line {against}"] if against else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
         cells = [str(number)] + (list(key) if several else list(key[1:]))
-        cells += [f"{drops[s]:.2f}" if s in drops else "-" for s in seeds]
-        cells.append(f"{statistics.fmean(drops.values()):.2f} (n={len(drops)})")
+        places = VALUES[value]
+        cells += [f"{drops[s]:.{places}f}" if s in drops else "-" for s in seeds]
+        cells.append(f"{statistics.fmean(drops.values()):.{places}f} (n={len(drops)})")
         if against:
-            cells.append(paired_difference(drops, groups[lines_keys[against - 1]]))
+            cells.append(paired_difference(drops, groups[lines_keys[against - 1]], places))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -78,15 +90,15 @@ def images_of(row: dict) -> str:
     return row.get("generator") or "-"
 
 
-def paired_difference(drops: dict[int, float], base: dict[int, float]) -> str:
+def paired_difference(drops: dict[int, float], base: dict[int, float], places: int = 2) -> str:
     """mean of drops[s] - base[s] over the seeds both have, +- its standard error (none from one seed)."""
     diffs = [drops[s] - base[s] for s in sorted(drops.keys() & base.keys())]
     if not diffs:
         return "no common seed"
     mean = statistics.fmean(diffs)
     if len(diffs) == 1:
-        return f"{mean:+.2f} (n=1)"
-    return f"{mean:+.2f} +- {statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f} (n={len(diffs)})"
+        return f"{mean:+.{places}f} (n=1)"
+    return f"{mean:+.{places}f} +- {statistics.stdev(diffs) / math.sqrt(len(diffs)):.{places}f} (n={len(diffs)})"
 
 
 def main(argv=None) -> None:
@@ -99,6 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--setting", help="only this setting's rows (e.g. W4A4:paper)")
     p.add_argument("--merge", action="store_true", help="read several files as one pool of rows")
     p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
+    p.add_argument("--value", choices=tuple(VALUES), default="drop", help="the figure to tabulate (default: drop)")
     args = p.parse_args(argv)
     rows = []
     labels = [Path(path).parent.name for path in args.results]
@@ -112,7 +125,7 @@ def main(argv=None) -> None:
         rows += [r | {"results": tag} for r in read_rows(path)]
     try:
         print(seed_table(rows, split=args.split, method=args.method, contains=args.contains, model=args.model,
-                         setting=args.setting, against=args.against))
+                         setting=args.setting, against=args.against, value=args.value))
     except ValueError as exc:
         p.error(str(exc))
 

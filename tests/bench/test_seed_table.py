@@ -95,3 +95,20 @@ def test_files_in_folders_of_one_name_are_refused_unless_merged(tmp_path, capsys
     assert "would share a label" in capsys.readouterr().err
     main([str(f) for f in files] + ["--merge"])
     assert "1.00 | 1.00 | 1.00 (n=2)" in capsys.readouterr().out
+
+
+def test_another_figure_than_the_drop_with_its_places_and_rows_without_it_left_out():
+    rows = [{"model": "m", "setting": "W4A4:paper", "method": "gznq", "pipeline": p, "split": "select", "seed": s,
+             "drop": 1.0, **({"output_kl": kl} if kl is not None else {})}
+            for p, s, kl in (("a", 0, 0.1), ("a", 1, 0.12), ("b", 0, 0.13), ("b", 1, 0.16), ("c", 0, None))]
+    lines = seed_table(rows, value="output_kl", against=1).splitlines()
+    assert lines[0].endswith("| seed 0 | seed 1 | mean output_kl | paired vs line 1 |")
+    assert lines[2] == "| 1 | W4A4:paper | a | - | select | 0.1000 | 0.1200 | 0.1100 (n=2) | +0.0000 +- 0.0000 (n=2) |"
+    # differences 0.03 and 0.04: mean 0.035, SE 0.005
+    assert lines[3] == "| 2 | W4A4:paper | b | - | select | 0.1300 | 0.1600 | 0.1450 (n=2) | +0.0350 +- 0.0050 (n=2) |"
+    assert len(lines) == 4  # the row without the figure (written before it existed) is left out
+    assert "| 3 | W4A4:paper | c |" in seed_table(rows)  # but is there for the drop
+    with pytest.raises(ValueError, match="no rows with fixed match"):
+        seed_table(rows, value="fixed")
+    with pytest.raises(ValueError, match="unknown value 'top5'"):
+        seed_table(rows, value="top5")
