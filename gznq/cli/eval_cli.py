@@ -142,6 +142,8 @@ def run_onnx_report(args: argparse.Namespace) -> dict:
     if student is not None:  # evaluate's "teacher" here is the student the file was exported from
         student_top1, student_top5 = payload.pop("teacher_top1"), payload.pop("teacher_top5")
         payload["top1_minus_student"] = -payload.pop("drop")
+        for key in ("broken", "fixed", "output_kl"):  # the runtime against the student, not against a teacher
+            payload[f"{key}_vs_student"] = payload.pop(key)
         payload.update(student_top1=student_top1, student_top5=student_top5)
     columns = [("onnx", "onnx"), ("num_images", "images"), ("top1", "top1 %"), ("top5", "top5 %")]
     if student is not None:

@@ -36,6 +36,9 @@ def test_export_then_evaluate_in_onnxruntime(w4_student, cifar_test_dir, tmp_pat
     assert result["num_images"] == 300
     assert "teacher_top1" not in result and "drop" not in result  # the reference here is the student
     assert result["agreement"] >= 99.0 and abs(result["top1_minus_student"]) <= 0.4
+    assert "broken" not in result and "output_kl" not in result  # named as against the student
+    assert result["broken_vs_student"] - result["fixed_vs_student"] == pytest.approx(-result["top1_minus_student"])
+    assert 0 <= result["output_kl_vs_student"] < 0.05
     assert 40 <= result["top1"] <= 90  # a W4A4 ResNet-20 calibrated on 128 images, on the JPEG test images
 
     # without a student: top-1 alone, from the input spec the file records
