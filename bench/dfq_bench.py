@@ -23,7 +23,8 @@ runs the defaults as shipped and refuses `--set`, so nothing reported was chosen
 
     python -m bench.dfq_bench --split select --only W4A4:paper --methods gznq --seed 0 --out runs/bench_select
 
-Rows (top-1, drop, agreement, seconds charged: the pipeline's own plus what it reused, the generator's
+Rows (top-1, drop and its parts `broken` and `fixed`, agreement, output KL, seconds charged: the pipeline's own
+plus what it reused, the generator's
 training and a cached image set's making) go to OUT/results.json, replacing a row of the same model, setting,
 method, label, split and seed, and to OUT/results.md.
 """
@@ -266,7 +267,7 @@ class Bench:
                 "generator": generator, "pixels": os.path.normpath(self.args.pixels) if method == "pixels" else None,
                 "split": self.args.split, "seed": self.args.seed, "top1": report["top1"],
                 "teacher_top1": report["teacher_top1"], "drop": report["drop"], "agreement": report["agreement"],
-                "broken": report.get("broken"), "fixed": report.get("fixed"), "output_kl": report.get("output_kl"),
+                "broken": report["broken"], "fixed": report["fixed"], "output_kl": report["output_kl"],
                 "seconds": report["seconds"] + reused + extra, "wall_seconds": wall,
                 "num_eval_images": report["num_images"], "recon_augment": report.get("recon_augment"),
                 "recon_last_block": report.get("recon_last_block")}

@@ -29,23 +29,23 @@ from pathlib import Path
 
 from bench.common import pixel_set_of, read_rows
 
-VALUES = {"drop": 2, "agreement": 2, "broken": 2, "fixed": 2, "output_kl": 4}  # figures, and the decimals shown
+DECIMALS = {"drop": 2, "agreement": 2, "broken": 2, "fixed": 2, "output_kl": 4}  # the figures, with the places shown
 
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
                model: str | None = None, setting: str | None = None, against: int | None = None,
                value: str = "drop") -> str:
-    """A markdown table of drops (or of another of the rows' figures, `value`, one of VALUES; rows without it
+    """A markdown table of drops (or of another of the rows' figures, `value`, a key of DECIMALS; rows without it
     are left out): a numbered line per (results file when rows carry one, setting, pipeline, generator or pixel
     set (`images_of`), split), a column per seed, and the mean. `against`: the 1-based line to add paired
     differences from (see the module's text).
 
     Raises:
-        ValueError: no row matches the filters, two rows give one line the same seed, or `against` names no
-            line.
+        ValueError: no row matches the filters, two rows give one line the same seed, `against` names no
+            line, or `value` is not one of DECIMALS.
     """
-    if value not in VALUES:
-        raise ValueError(f"unknown value {value!r}; choose one of {', '.join(VALUES)}")
+    if value not in DECIMALS:
+        raise ValueError(f"unknown value {value!r}; choose one of {', '.join(DECIMALS)}")
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
         if (r.get(value) is None or (split and r.get("split") != split) or (method and r["method"] != method)
@@ -67,12 +67,13 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     seeds = sorted({s for drops in groups.values() for s in drops})
     several = any(key[0] for key in lines_keys)
     head = ["#"] + (["results"] if several else []) + ["setting", "pipeline", "generator or set", "split"]
-    head += [f"seed {s}" for s in seeds] + ["mean" if value == "drop" else f"mean {value}"] + ([f"paired vs line {against}"] if against else [])
+    head += [f"seed {s}" for s in seeds] + ["mean" if value == "drop" else f"mean {value}"]
+    head += [f"paired vs line {against}"] if against else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
         cells = [str(number)] + (list(key) if several else list(key[1:]))
-        places = VALUES[value]
+        places = DECIMALS[value]
         cells += [f"{drops[s]:.{places}f}" if s in drops else "-" for s in seeds]
         cells.append(f"{statistics.fmean(drops.values()):.{places}f} (n={len(drops)})")
         if against:
@@ -90,9 +91,9 @@ def images_of(row: dict) -> str:
     return row.get("generator") or "-"
 
 
-def paired_difference(drops: dict[int, float], base: dict[int, float], places: int = 2) -> str:
-    """mean of drops[s] - base[s] over the seeds both have, +- its standard error (none from one seed)."""
-    diffs = [drops[s] - base[s] for s in sorted(drops.keys() & base.keys())]
+def paired_difference(figures: dict[int, float], base: dict[int, float], places: int = 2) -> str:
+    """mean of figures[s] - base[s] over the seeds both have, +- its standard error (none from one seed)."""
+    diffs = [figures[s] - base[s] for s in sorted(figures.keys() & base.keys())]
     if not diffs:
         return "no common seed"
     mean = statistics.fmean(diffs)
@@ -111,7 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--setting", help="only this setting's rows (e.g. W4A4:paper)")
     p.add_argument("--merge", action="store_true", help="read several files as one pool of rows")
     p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
-    p.add_argument("--value", choices=tuple(VALUES), default="drop", help="the figure to tabulate (default: drop)")
+    p.add_argument("--value", choices=tuple(DECIMALS), default="drop", help="the figure to tabulate (default: drop)")
     args = p.parse_args(argv)
     rows = []
     labels = [Path(path).parent.name for path in args.results]

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from dfq import distributed
+from dfq.losses import kd_loss
 from dfq.modes import restored
 
 
@@ -91,12 +91,12 @@ def evaluate(
                 t_logits = teacher(images)
                 c1, c5 = _correct_topk(t_logits, labels, 5)
                 t_top1, t_top5 = t_top1 + c1, t_top5 + c5
-                agree += int(logits.argmax(1).eq(t_logits.argmax(1)).sum())
-                right, t_right = logits.argmax(1).eq(labels), t_logits.argmax(1).eq(labels)
+                predicted, t_predicted = logits.argmax(1), t_logits.argmax(1)
+                agree += int(predicted.eq(t_predicted).sum())
+                right, t_right = predicted.eq(labels), t_predicted.eq(labels)
                 broken += int((t_right & ~right).sum())
                 fixed += int((~t_right & right).sum())
-                kl += float(F.kl_div(F.log_softmax(logits.float(), 1), F.log_softmax(t_logits.float(), 1),
-                                     log_target=True, reduction="sum"))
+                kl += kd_loss(logits.float(), t_logits.float(), 1.0).item() * labels.numel()
             bar.update(labels.numel())
             bar.set_postfix(top1=f"{100 * top1 / n:.2f}")
         bar.close()

@@ -143,7 +143,8 @@ def check_source(source: Source) -> None:
     raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
 
 
-LATER_REFINE_FIELDS = ("start_logit_scale", "spread_weight")  # added after sets were cached: in the key only when not the default
+# fields added after sets were cached: in the key only when not at their defaults
+LATER_REFINE_FIELDS = ("start_logit_scale", "spread_weight")
 
 
 class RefineKey:

@@ -68,10 +68,10 @@ def _calibrated(observer, batches):
     return _ranges(model)
 
 
-def _eval_model():
+def _eval_model(seed: int = 0):
     from dfq.models import CifarResNet
 
-    torch.manual_seed(0)  # the same weights in every process
+    torch.manual_seed(seed)  # the same weights in every process
     return CifarResNet(20).eval()
 
 
@@ -94,7 +94,7 @@ def _worker(rank, port, out_dir, data_dir):
             model = _eval_model()
             loader = build_eval_loader(data_dir, spec, batch_size=16, limit=40, num_workers=0)
             result["shard"] = len(loader.dataset)
-            result["eval"] = evaluate(model, loader, teacher=model, progress=False).to_dict()
+            result["eval"] = evaluate(model, loader, teacher=_eval_model(1), progress=False).to_dict()
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -417,12 +417,15 @@ def test_evaluation_of_shards_equals_one_process(two_processes, cifar_test_dir):
     spec = TINY_SPEC.__class__(**{**TINY_SPEC.__dict__, "image_size": 32, "num_classes": 10})
     model = _eval_model()
     single = evaluate(model, build_eval_loader(cifar_test_dir, spec, batch_size=16, limit=40, num_workers=0),
-                      teacher=model, progress=False).to_dict()
+                      teacher=_eval_model(1), progress=False).to_dict()  # another model: the figures are not 0
     assert [r["shard"] for r in two_processes] == [20, 20]
+    assert single["output_kl"] > 0 and single["agreement"] < 100
+    counted = ("top1", "top5", "teacher_top1", "agreement", "broken", "fixed")
     for result in two_processes:
         got = result["eval"]
         assert got["num_images"] == 40
-        assert {k: got[k] for k in ("top1", "top5", "agreement")} == {k: single[k] for k in ("top1", "top5", "agreement")}
+        assert {k: got[k] for k in counted} == {k: single[k] for k in counted}
+        assert got["output_kl"] == pytest.approx(single["output_kl"], rel=1e-5)
 
 
 def test_one_process_is_the_identity():

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -56,6 +58,13 @@ def test_the_drop_splits_into_images_broken_and_fixed_and_the_output_kl_is_the_m
     assert r.output_kl == pytest.approx(per_image.mean().item(), rel=1e-6)
     assert evaluate(FixedLogits(teacher), [(torch.zeros(4, 1), labels)], teacher=FixedLogits(teacher.clone()),
                     progress=False).output_kl == pytest.approx(0.0, abs=1e-7)
+    # the direction: KL(teacher || student), which differs from KL(student || teacher) for these outputs
+    one = [(torch.zeros(1, 1), torch.tensor([0]))]
+    teacher_logits, student_logits = torch.tensor([[math.log(2.0), 0.0]]), torch.tensor([[0.0, 0.0]])
+    r = evaluate(FixedLogits(student_logits), one, teacher=FixedLogits(teacher_logits), progress=False)
+    forward = 2 / 3 * math.log(4 / 3) + 1 / 3 * math.log(2 / 3)  # teacher (2/3, 1/3) against student (1/2, 1/2)
+    backward = 1 / 2 * math.log(3 / 4) + 1 / 2 * math.log(3 / 2)
+    assert abs(forward - backward) > 1e-3 and r.output_kl == pytest.approx(forward, rel=1e-5)
 
 
 def test_modes_are_restored_and_empty_input_is_an_error():

@@ -190,3 +190,9 @@ def test_the_spread_term_pushes_images_of_one_class_apart_in_the_teachers_featur
     assert spread < start - 0.03 and spread < bn_only - 0.03, (start, spread, bn_only)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in teacher.modules())  # hooks removed
 
+
+def test_within_class_similarity_refuses_classes_that_are_not_one_index_per_row():
+    with pytest.raises(ValueError, match="one class index per row"):
+        within_class_similarity(torch.randn(4, 3), torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="one class index per row"):
+        within_class_similarity(torch.randn(4, 3), torch.tensor([0, 1, 0]))
