@@ -51,9 +51,9 @@ class RefineConfig:
     within-class spread term, `within_class_similarity` of the teacher's penultimate features (mean cosine
     similarity of pairs of images the teacher puts in one class); minimizing it pushes images of one class apart
     in the features the student is calibrated on (IntraQ's intra-class heterogeneity, at refinement time).
-    0 (the default) leaves it out: at 0.02 and 0.05 it took the generator's sets past noise's feature spread and
-    made no difference at W4A4 `paper` on the select half (-0.02 +- 0.15 over six seeds, -0.03 +- 0.18 over
-    five; docs/benchmarks.md, "Feature spread tested as a cause").
+    0 (the default) leaves it out: at 0.02 it took the generator's seed-0 set past noise's feature spread, and
+    at 0.02 and 0.05 it made no measurable difference at W4A4 `paper` on the select half (-0.02 +- 0.15 over six
+    seeds, -0.03 +- 0.18 over five; docs/benchmarks.md, "Feature spread tested as a cause").
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -140,8 +140,8 @@ def boundary_targets(labels: torch.Tensor, num_classes: int, share: float, low: 
 def within_class_similarity(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of the pairs of distinct rows of `features` (B, D) that share a class in
     `classes` (B,), class indices; averaged over the classes that have two rows or more, 0 (with a gradient
-    of zero) where no class has two. Lower is more spread within classes. No host sync: it runs on every
-    refinement step."""
+    of zero) where no class has two. Lower is more spread within classes. No Python loop over the classes: it
+    runs on every refinement step."""
     if classes.dtype.is_floating_point or classes.shape != features.shape[:1]:
         raise ValueError(f"within_class_similarity needs one class index per row of features: got classes of "
                          f"dtype {classes.dtype}, shape {tuple(classes.shape)}, for features {tuple(features.shape)}")
