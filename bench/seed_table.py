@@ -70,10 +70,10 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     head += [f"seed {s}" for s in seeds] + ["mean" if value == "drop" else f"mean {value}"]
     head += [f"paired vs line {against}"] if against else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    places = DECIMALS[value]
     for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
         cells = [str(number)] + (list(key) if several else list(key[1:]))
-        places = DECIMALS[value]
         cells += [f"{drops[s]:.{places}f}" if s in drops else "-" for s in seeds]
         cells.append(f"{statistics.fmean(drops.values()):.{places}f} (n={len(drops)})")
         if against:

@@ -143,13 +143,16 @@ def check_source(source: Source) -> None:
     raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
 
 
-# fields added after sets were cached: in the key only when not at their defaults
-LATER_REFINE_FIELDS = ("start_logit_scale", "spread_weight")
+# the RefineConfig fields the image cache's keys were first written with; every field added since is in the key
+# only when it is not at its default, so that sets cached before it existed are still found (a new field needs
+# no entry here)
+FIRST_KEYED_REFINE_FIELDS = ("steps", "lr", "bn_loss", "bn_weight", "ce_weight", "tv_weight", "max_shift", "flip",
+                             "boundary_share", "boundary_min", "crop_scale")
 
 
 class RefineKey:
-    """A RefineConfig as the cache key spells it: its repr, less the fields of LATER_REFINE_FIELDS left at their
-    defaults, so that sets cached before those fields existed are still found."""
+    """A RefineConfig as the cache key spells it: its repr, less the fields added after FIRST_KEYED_REFINE_FIELDS
+    that are left at their defaults."""
 
     def __init__(self, refine: RefineConfig | None) -> None:
         self.refine = refine
@@ -159,7 +162,7 @@ class RefineKey:
         if r is None:
             return "None"
         kept = [f for f in dataclasses.fields(r)
-                if f.repr and not (f.name in LATER_REFINE_FIELDS and getattr(r, f.name) == f.default)]
+                if f.repr and (f.name in FIRST_KEYED_REFINE_FIELDS or getattr(r, f.name) != f.default)]
         return f"{type(r).__name__}(" + ", ".join(f"{f.name}={getattr(r, f.name)!r}" for f in kept) + ")"
 
 
