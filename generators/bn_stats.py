@@ -102,6 +102,8 @@ class BNStatsRecorder:
             # Per-channel sums, reducing the contiguous trailing dims first (faster than one var_mean
             # over dims (0, 2, 3) on CPU); sums are also what a data-parallel all-reduce needs.
             flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)  # (B, C, L)
+            # sums in float32 at least, also under autocast to a 16-bit type (a no-op for float32 inputs)
+            flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
             image_s1, image_s2 = flat.sum(dim=2), (flat * flat).sum(dim=2)
             s1, s2 = image_s1.sum(dim=0), image_s2.sum(dim=0)
             count = torch.tensor(float(flat.shape[0] * flat.shape[2]), device=x.device)

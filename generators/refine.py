@@ -25,6 +25,8 @@ from generators.bn_stats import BN_LOSSES, BNStatsRecorder
 from generators.network import normalize
 from generators.quality import capture_penultimate
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # the teacher's autocast dtype (None: none)
+
 
 @dataclass(frozen=True)
 class RefineConfig:
@@ -54,6 +56,10 @@ class RefineConfig:
     0 (the default) leaves it out: at 0.02 it took the generator's seed-0 set past noise's feature spread, and
     at 0.02 and 0.05 it made no measurable difference at W4A4 `paper` on the select half (-0.02 +- 0.15 over six
     seeds, -0.03 +- 0.18 over five; docs/benchmarks.md, "Feature spread tested as a cause").
+    precision: "float32" (the default) or "bfloat16", which runs the teacher's forward and backward under
+    autocast to bfloat16 (the BN statistics, the losses and the pixels stay float32); on this project's CPUs
+    (AMX) a ResNet-20 step took less than half the time; what it does to the students is measured in
+    docs/benchmarks.md, "Refinement steps at 4 bits, and refinement in bfloat16".
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -77,6 +83,7 @@ class RefineConfig:
     crop_scale: float = 0.25
     start_logit_scale: float = 1.0
     spread_weight: float = 0.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -98,6 +105,8 @@ class RefineConfig:
                              "ce_weight > 0 (e.g. 1.0) with it")
         if not (math.isfinite(self.start_logit_scale) and self.start_logit_scale > 0):
             raise ValueError(f"start_logit_scale must be a positive number, got {self.start_logit_scale}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown refinement precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")
@@ -181,17 +190,21 @@ def optimize_logits(
     opt = torch.optim.Adam([logits], lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     bn_loss = BN_LOSSES[config.bn_loss]
+    dtype = PRECISIONS[config.precision]
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         x = torch.sigmoid(logits)
         jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
                                  generator=generator)
         spread = capture_penultimate(teacher, detach=False) if config.spread_weight else contextlib.nullcontext()
-        with BNStatsRecorder(teacher) as rec, spread as features:
+        cast = torch.autocast(logits.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with BNStatsRecorder(teacher) as rec, spread as features, cast:
             out = teacher(normalize(jittered, spec.mean, spec.std))
+        out = out.float()
         loss = config.bn_weight * bn_loss(rec.stats)
         if config.spread_weight:
-            loss = loss + config.spread_weight * within_class_similarity(features[-1], out.detach().argmax(1))
+            loss = loss + config.spread_weight * within_class_similarity(features[-1].float(),
+                                                                         out.detach().argmax(1))
         if config.ce_weight:
             loss = loss + config.ce_weight * F.cross_entropy(out, labels)
         if config.tv_weight:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from generators.refine import RefineConfig
+from generators.refine import PRECISIONS, RefineConfig
 
 
 def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int | None, steps_help: str) -> None:
-    """--refine-steps (with the command's own default and help), --refine-crop-scale and --refine-ce-weight."""
+    """--refine-steps (with the command's own default and help), --refine-crop-scale, --refine-ce-weight and
+    --refine-precision."""
     p.add_argument("--refine-steps", type=int, default=steps_default, help=steps_help)
     p.add_argument("--refine-crop-scale", type=float, default=RefineConfig.crop_scale,
                    help="start refinement from random resized crops of the samples covering at least this share "
@@ -16,8 +17,12 @@ def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int | Non
     p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
                    help="weight of the teacher's cross-entropy on each sample's class during refinement (0: the "
                         "BN statistics alone, which leaves the teacher as unsure of some images as of real ones)")
+    p.add_argument("--refine-precision", choices=sorted(PRECISIONS), default=RefineConfig.precision,
+                   help="run the teacher's passes during refinement under autocast to this type (bfloat16: "
+                        "faster on CPUs with AMX or AVX-512 BF16 and on GPUs; statistics and pixels stay float32)")
 
 
 def refine_from_args(args: argparse.Namespace) -> RefineConfig:
     """The RefineConfig the options ask for (validated, whether or not it is used)."""
-    return RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale, ce_weight=args.refine_ce_weight)
+    return RefineConfig(steps=args.refine_steps, crop_scale=args.refine_crop_scale, ce_weight=args.refine_ce_weight,
+                        precision=args.refine_precision)

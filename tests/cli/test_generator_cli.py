@@ -74,11 +74,12 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
                        "--source", f"generator:{generator_dir}", "--calib-images", "64", "--batch-size", "32",
                        "--w-bits", "4", "--a-bits", "4", "--protocol", "paper", "--method", "reconstruct",
                        "--recon-images", "64", "--recon-iters", "3", "--recon-drop", "0.5", "--refine-steps", "2",
-                       "--eval-data", str(cifar_test_dir), "--eval-limit", "40", "--workers", "0", "--out", str(tmp_path / "sr")])
+                       "--refine-precision", "bfloat16", "--eval-data", str(cifar_test_dir), "--eval-limit", "40", "--workers", "0", "--out", str(tmp_path / "sr")])
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "sr" / "report.json").read_text())
     assert report["method"] == "calibrate,reconstruct" and report["refine_steps"] == 2 and report["num_images"] == 40
     assert report["refine_crop_scale"] == 0.25 and report["refine_ce_weight"] == RefineConfig.ce_weight
+    assert report["refine_precision"] == "bfloat16"
     saved = json.loads((tmp_path / "sr" / "student.json").read_text())["metadata"]
     assert report["seconds"] == saved["seconds"] and report["eval_seconds"] > 0  # evaluation time kept apart
     assert [r["block"] for r in report["reconstruct"]][:2] == ["conv1", "layer1.0"]

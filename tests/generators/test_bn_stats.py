@@ -164,3 +164,17 @@ def test_recorder_keeps_per_image_sums_with_gradients():
     assert torch.allclose(first.image_sq_sums, (inputs * inputs).sum((2, 3)), atol=1e-4)
     first.image_sums.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_recorder_keeps_float32_statistics_under_bfloat16_autocast():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    with BNStatsRecorder(model) as exact:
+        model(x)
+    with BNStatsRecorder(model) as rec, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    (s,), (e,) = rec.stats, exact.stats
+    assert s.mean.dtype == torch.float32 and s.var.dtype == torch.float32
+    # the conv ran in bfloat16 (8 bits of mantissa): close to the float32 moments, not equal to them
+    assert torch.allclose(s.mean, e.mean, atol=0.02) and torch.allclose(s.var, e.var, rtol=0.03)
+    assert not torch.equal(s.var, e.var)

@@ -196,3 +196,19 @@ def test_within_class_similarity_refuses_classes_that_are_not_one_index_per_row(
         within_class_similarity(torch.randn(4, 3), torch.tensor([0.0, 1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="one class index per row"):
         within_class_similarity(torch.randn(4, 3), torch.tensor([0, 1, 0]))
+
+
+def test_bfloat16_refinement_keeps_float32_pixels_and_lowers_the_bn_loss_as_float32_does():
+    teacher = tiny_teacher()
+    images, labels = _batch()
+    refined = {p: refine_images(teacher, TINY_SPEC, images, labels, RefineConfig(steps=60, lr=0.1, precision=p),
+                                generator=torch.Generator().manual_seed(3))
+               for p in ("float32", "bfloat16")}
+    assert refined["bfloat16"].dtype == torch.float32 and torch.isfinite(refined["bfloat16"]).all()
+    before = batch_bn_kl(teacher, images)
+    after = {p: batch_bn_kl(teacher, x) for p, x in refined.items()}
+    assert after["bfloat16"] < 0.5 * before, (before, after)
+    assert after["bfloat16"] == pytest.approx(after["float32"], rel=0.25), after  # bf16 rounding, not another loss
+    assert not torch.equal(refined["bfloat16"], refined["float32"])  # the option did change the computation
+    with pytest.raises(ValueError, match="unknown refinement precision 'float16'; choose one of float32, bfloat16"):
+        RefineConfig(precision="float16")
