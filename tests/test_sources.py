@@ -47,11 +47,12 @@ def test_refinement_steps_left_open_are_chosen_by_the_setting():
     from dfq.quant import QuantConfig
     from generators.refine import default_refine_steps
 
-    assert default_refine_steps(4, 4) == 10 and default_refine_steps(8, 3) == 50 and default_refine_steps(2, 4) == 50
+    assert default_refine_steps(4, 4) == 64 and default_refine_steps(8, 4) == 64 and default_refine_steps(5, 5) == 10
+    assert default_refine_steps(8, 3) == 50 and default_refine_steps(2, 4) == 50
     assert RefineConfig().steps is None
     w4 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=4, a_bits=4, protocol="paper"))
     w3 = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3, protocol="paper"))
-    assert (w4.refine_config().steps, w3.refine_config().steps) == (10, 50)
+    assert (w4.refine_config().steps, w3.refine_config().steps) == (64, 50)
     assert dataclasses.replace(w4, quant=w3.quant).refine_config().steps == 50  # decided when asked, not when built
     given = PipelineConfig(source="noise", quant=QuantConfig(w_bits=3, a_bits=3), refine=RefineConfig(steps=7))
     assert given.refine_config().steps == 7
@@ -67,14 +68,16 @@ def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults()
     from gznq.sources import RefineKey
 
     plain = RefineConfig(steps=10)
-    later = ", start_logit_scale=1.0, spread_weight=0.0"
+    later = ", start_logit_scale=1.0, spread_weight=0.0, precision='float32'"
     assert later in repr(plain)
     before = repr(plain).replace(later, "")  # the repr before those fields existed
-    assert "start_logit_scale" not in before and "spread_weight" not in before and repr(RefineKey(plain)) == before
+    assert "start_logit_scale" not in before and "precision" not in before and repr(RefineKey(plain)) == before
     assert repr(RefineKey(plain)).startswith("RefineConfig(steps=10, lr=0.05, bn_loss='kl'")
     scaled = dataclasses.replace(plain, start_logit_scale=0.4)
-    assert repr(RefineKey(scaled)) == repr(scaled).replace(", spread_weight=0.0", "")
+    assert repr(RefineKey(scaled)) == repr(scaled).replace(", spread_weight=0.0, precision='float32'", "")
     assert "start_logit_scale=0.4" in repr(RefineKey(scaled))
     spread = dataclasses.replace(plain, spread_weight=0.02)
     assert repr(RefineKey(spread)).endswith("crop_scale=0.25, spread_weight=0.02)")
+    bf16 = dataclasses.replace(plain, precision="bfloat16")
+    assert repr(RefineKey(bf16)).endswith("crop_scale=0.25, precision='bfloat16')")
     assert repr(RefineKey(None)) == "None"
