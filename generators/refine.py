@@ -56,10 +56,11 @@ class RefineConfig:
     0 (the default) leaves it out: at 0.02 it took the generator's seed-0 set past noise's feature spread, and
     at 0.02 and 0.05 it made no measurable difference at W4A4 `paper` on the select half (-0.02 +- 0.15 over six
     seeds, -0.03 +- 0.18 over five; docs/benchmarks.md, "Feature spread tested as a cause").
-    precision: "float32" (the default) or "bfloat16", which runs the teacher's forward and backward under
-    autocast to bfloat16 (the BN statistics, the losses and the pixels stay float32); on this project's CPUs
-    (AMX) a ResNet-20 step took less than half the time; what it does to the students is measured in
-    docs/benchmarks.md, "Refinement steps at 4 bits, and refinement in bfloat16".
+    precision: "float32" (the default) or "bfloat16", which runs the teacher's forward pass under autocast to
+    bfloat16 (and so its backward pass too; the BN statistics, the losses and the pixels stay float32). It
+    pays on CPUs with AMX or AVX-512 BF16 and on GPUs with native bfloat16 (`check_precision` refuses the
+    others); what it saves and what it does to the students: docs/benchmarks.md, "Refinement steps at 4
+    bits, and refinement in bfloat16".
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -114,17 +115,22 @@ class RefineConfig:
 
 def default_refine_steps(w_bits: int, a_bits: int) -> int:
     """Refinement steps per batch for a setting, where the user leaves them open: 10 at 5 bits and more, 64 at
-    4 bits, 50 at 3 bits and fewer (the narrower width decides). Each was chosen at its own width on the select
-    half of the shared test images; the widths between were not measured apart.
+    4 bits, 50 at 3 bits and fewer. The narrower of the two widths decides (W8A4 gets 4 bits' 64), and the
+    protocol does not enter: both were chosen under `paper` only.
 
-    4 bits: with ResNet-20 and its shipped generator, 64 steps lost 0.33 +- 0.16 less than 10 at W4A4 `paper`
-    (five seeds, paired; 30 steps -0.35 +- 0.27 over four), and with ResNet-32 and its generator by 0.37 +- 0.21
-    (three seeds: 0.51 against 0.87; better on two, level on one)
-    (`python -m bench.dfq_bench --split select --only W4A4:paper --methods gznq --generator G --set
-    refine.steps=N --seed S`; docs/benchmarks.md, "Refinement steps at 4 bits, and refinement in bfloat16").
+    4 bits (W4A4 `paper`, select half of the shared test images, `python -m bench.dfq_bench --split select
+    --only W4A4:paper --methods gznq --generator G --set refine.steps=N --seed S`): with ResNet-20 and its
+    shipped generator, 64 steps lost 0.33 +- 0.16 less than 10 (five seeds, paired; better on four, level on
+    one); 30 steps lost 0.35 +- 0.27 less over four seeds but were better on two and worse on two, so 64, the
+    consistent one, at about twice 30's refinement time. With ResNet-32 and its generator 64 steps lost 0.51
+    against 10 steps' 0.87 on the mean, -0.37 +- 0.21 paired (three seeds; better on two, level on one);
+    30 was not tried there (docs/benchmarks.md, "Feature spread tested as a cause" and "Refinement steps at
+    4 bits, and refinement in bfloat16").
     3 bits: with a generator of today's options (`runs/gen_bench400/p_cbn800`), seeds 0 and 1, W3A3 `paper`
     lost 3.46 at 10 steps and 2.74 at 50 (100 steps with the shipped generator: better on one seed, worse on the
-    other; "The generator re-made"). 5 bits and more keep the 10 steps chosen before for 4 bits and more."""
+    other; "The generator re-made"). 64 was not tried at 3 bits.
+    5 bits and more: not measured; they keep the 10 steps that were the choice for 4 bits and more before 4
+    bits' own measurement above."""
     low = min(w_bits, a_bits)
     return 50 if low <= 3 else 64 if low == 4 else 10
 
@@ -170,6 +176,23 @@ def within_class_similarity(features: torch.Tensor, classes: torch.Tensor) -> to
     return per_class.sum() / kept.sum().clamp_min(1)
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 if autocast left it in a 16-bit type; float32 and float64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def check_precision(config: RefineConfig, device: torch.device) -> None:
+    """Refuse a refinement precision the device cannot run: bfloat16 needs a CPU or a GPU with native
+    bfloat16 (emulated, it is slower than float32)."""
+    if config.precision != "bfloat16":
+        return
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"bfloat16 refinement runs on a CPU or a CUDA GPU, not on {device.type}; refine in "
+                         "float32 (--refine-precision float32)")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError("this GPU has no native bfloat16; refine in float32 (--refine-precision float32)")
+
+
 def optimize_logits(
     teacher: nn.Module,
     spec: InputSpec,
@@ -204,10 +227,10 @@ def optimize_logits(
         cast = torch.autocast(logits.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with BNStatsRecorder(teacher) as rec, spread as features, cast:
             out = teacher(normalize(jittered, spec.mean, spec.std))
-        out = out.float()
+        out = _at_least_float32(out)
         loss = config.bn_weight * bn_loss(rec.stats)
         if config.spread_weight:
-            loss = loss + config.spread_weight * within_class_similarity(features[-1].float(),
+            loss = loss + config.spread_weight * within_class_similarity(_at_least_float32(features[-1]),
                                                                          out.detach().argmax(1))
         if config.ce_weight:
             loss = loss + config.ce_weight * F.cross_entropy(out, labels)
@@ -234,8 +257,8 @@ def refine_images(
     The teacher's modes and parameters' requires_grad are restored afterwards.
 
     Raises:
-        ValueError: images outside [0, 1] (normalized images must be un-normalized first) or a batch of one
-            (a batch's statistics need at least two images).
+        ValueError: images outside [0, 1] (normalized images must be un-normalized first), a batch of one
+            (a batch's statistics need at least two images) or a precision the device cannot run.
     """
     if not torch.isfinite(images).all():
         raise ValueError("refine_images got non-finite pixels (NaN or inf); check the generator's weights")
@@ -245,6 +268,7 @@ def refine_images(
         raise ValueError("refinement matches a batch's BatchNorm statistics; it needs at least 2 images")
     if _steps(config) == 0:
         return images
+    check_precision(config, images.device)
     eps = 1e-4  # keeps the logits of saturated pixels finite
     with frozen(teacher), torch.enable_grad():
         targets = labels

@@ -297,10 +297,21 @@ def _run_defining(c: PipelineConfig) -> dict:
     return {k: v for k, v in c.to_dict().items() if k not in _NOT_RUN_DEFINING}
 
 
+def _with_later_defaults(current, saved):
+    """`saved` (a nested config as a run recorded it) with the fields of `current`'s dataclass that it lacks
+    (added to the code after the run started) filled in at their defaults."""
+    if not (dataclasses.is_dataclass(current) and isinstance(saved, dict)):
+        return saved
+    later = {f.name: f.default for f in dataclasses.fields(current)
+             if f.name not in saved and f.default is not dataclasses.MISSING}
+    return {**saved, **later}
+
+
 def _check_resumed(c: PipelineConfig, state: dict) -> None:
-    """Refuse to continue an interrupted distillation with other options than it was started with."""
+    """Refuse to continue an interrupted distillation with other options than it was started with (a field
+    added to a nested config since it started counts as its default)."""
     before, now = state["run"]["config"], _run_defining(c)
-    differ = [k for k in now if now[k] != before.get(k)]
+    differ = [k for k in now if now[k] != _with_later_defaults(getattr(c, k, None), before.get(k))]
     if differ:
         raise ValueError(f"the run in OUT.partial was started with other options ({', '.join(differ)}); resume it "
                          "with the command that started it, or pass --overwrite to start again")

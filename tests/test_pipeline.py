@@ -1,3 +1,7 @@
+import dataclasses
+
+import pytest
+
 from dfq.quant import QuantConfig
 from dfq.quant.reconstruct import ReconstructConfig
 from gznq.distill import DistillConfig
@@ -26,3 +30,18 @@ def test_paths_are_accepted_and_recorded_as_strings(tmp_path):
     assert (config.out, config.eval_data, config.image_cache) == (
         str(tmp_path / "student"), str(tmp_path), str(tmp_path / "cache"))
     assert json.loads(json.dumps(config.to_dict()))["out"] == str(tmp_path / "student")
+
+
+def test_a_resumed_run_recorded_before_a_refine_field_existed_is_the_same_run():
+    from gznq.pipeline import _check_resumed, _run_defining
+
+    config = PipelineConfig(source="generator:runs/g", methods=("distill",))
+    saved = _run_defining(config)
+    saved["refine"] = {k: v for k, v in saved["refine"].items() if k not in ("spread_weight", "precision")}
+    _check_resumed(config, {"run": {"config": saved}})  # fields added since count as their defaults
+    other = dataclasses.replace(config, refine=dataclasses.replace(config.refine, precision="bfloat16"))
+    with pytest.raises(ValueError, match=r"started with other options \(refine\)"):
+        _check_resumed(other, {"run": {"config": saved}})
+    saved["refine"]["crop_scale"] = 1.0  # a field the run did record, changed
+    with pytest.raises(ValueError, match=r"started with other options \(refine\)"):
+        _check_resumed(config, {"run": {"config": saved}})

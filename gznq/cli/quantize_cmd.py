@@ -92,7 +92,7 @@ def add_parser(sub) -> None:
     add_refine_arguments(p, steps_default=RefineConfig.steps,
                          steps_help="generator sources: refine each calibration and reconstruction batch for this "
                                     "many steps against the teacher's BN statistics (0: raw samples; default: by "
-                                    "the setting, 50 at 3 bits or fewer, 10 otherwise)")
+                                    "the setting, 50 at 3 bits or fewer, 64 at 4 bits, 10 at 5 and more)")
     d = DistillConfig()
     p.add_argument("--recipe", default="gznq", choices=RECIPES,
                    help="distillation recipe: ours (gznq) or the published GDFQ hyperparameters (gdfq)")

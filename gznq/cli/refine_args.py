@@ -17,9 +17,10 @@ def add_refine_arguments(p: argparse.ArgumentParser, *, steps_default: int | Non
     p.add_argument("--refine-ce-weight", type=float, default=RefineConfig.ce_weight,
                    help="weight of the teacher's cross-entropy on each sample's class during refinement (0: the "
                         "BN statistics alone, which leaves the teacher as unsure of some images as of real ones)")
-    p.add_argument("--refine-precision", choices=sorted(PRECISIONS), default=RefineConfig.precision,
-                   help="run the teacher's passes during refinement under autocast to this type (bfloat16: "
-                        "faster on CPUs with AMX or AVX-512 BF16 and on GPUs; statistics and pixels stay float32)")
+    p.add_argument("--refine-precision", choices=list(PRECISIONS), default=RefineConfig.precision,
+                   help="run the teacher's passes during refinement under autocast to this type (bfloat16: faster "
+                        "on CPUs with AMX or AVX-512 BF16 and on GPUs with native bfloat16, slower on other CPUs; "
+                        "statistics and pixels stay float32)")
 
 
 def refine_from_args(args: argparse.Namespace) -> RefineConfig:
