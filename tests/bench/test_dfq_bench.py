@@ -66,9 +66,9 @@ def test_raw_and_noise_rows_are_configured_as_they_are_named():
     raw, _ = bench.config("gznq-raw", W4A4)
     noise, noise_seconds = bench.config("noise", W4A4)
     assert (gznq.source, gznq.refine_config().steps, gznq.refine.crop_scale, gen_seconds) == (
-        "generator:runs/g", 10, 1.0, 300.0)
+        "generator:runs/g", 64, 1.0, 300.0)
     assert (raw.source, raw.refine.steps, raw.refine.crop_scale) == ("generator:runs/g", 0, 1.0)
-    assert (noise.source, noise.refine.steps, noise.refine.crop_scale, noise_seconds) == ("noise", 30, 1.0, 0.0)
+    assert (noise.source, noise.refine.steps, noise.refine.crop_scale, noise_seconds) == ("noise", 192, 1.0, 0.0)
     assert noise.methods == gznq.methods == ("calibrate", "reconstruct")
 
 
