@@ -57,10 +57,11 @@ class RefineConfig:
     at 0.02 and 0.05 it made no measurable difference at W4A4 `paper` on the select half (-0.02 +- 0.15 over six
     seeds, -0.03 +- 0.18 over five; docs/benchmarks.md, "Feature spread tested as a cause").
     precision: "float32" (the default) or "bfloat16", which runs the teacher's forward pass under autocast to
-    bfloat16 (and so its backward pass too; the BN statistics, the losses and the pixels stay float32). It
-    pays on CPUs with AMX or AVX-512 BF16 and on GPUs with native bfloat16 (`check_precision` refuses the
-    others); what it saves and what it does to the students: docs/benchmarks.md, "Refinement steps at 4
-    bits, and refinement in bfloat16".
+    bfloat16 (and so its backward pass too; the BN statistics, the losses and the pixels stay float32), for
+    CPUs with AMX or AVX-512 BF16 and GPUs with native bfloat16 (`check_precision` refuses other devices). On
+    this project's AMX CPU a 64-step ResNet-20 set took about a quarter less time, and the students tied on the
+    drop but agreed with their teacher less (three seeds; docs/benchmarks.md, "Refinement steps at 4 bits, and
+    refinement in bfloat16"), so float32 stays the default.
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -120,7 +121,7 @@ def default_refine_steps(w_bits: int, a_bits: int) -> int:
 
     4 bits (W4A4 `paper`, select half of the shared test images, `python -m bench.dfq_bench --split select
     --only W4A4:paper --methods gznq --generator G --set refine.steps=N --seed S`): with ResNet-20 and its
-    shipped generator, 64 steps lost 0.33 +- 0.16 less than 10 (five seeds, paired; better on four, level on
+    generator (the instance of 2026-12-01, later lost), 64 steps lost 0.33 +- 0.16 less than 10 (five seeds, paired; better on four, level on
     one); 30 steps lost 0.35 +- 0.27 less over four seeds but were better on two and worse on two, so 64, the
     consistent one, at about twice 30's refinement time. With ResNet-32 and its generator 64 steps lost 0.51
     against 10 steps' 0.87 on the mean, -0.37 +- 0.21 paired (three seeds; better on two, level on one);
