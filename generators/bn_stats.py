@@ -50,6 +50,12 @@ class BatchStats:
     positions: int = 1
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 if it is in a 16-bit type (as autocast leaves activations); float32 and float64 as they are
+    (a no-op, no copy)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """The model's BatchNorm layers that keep running statistics, in module order."""
     return [
@@ -102,8 +108,7 @@ class BNStatsRecorder:
             # Per-channel sums, reducing the contiguous trailing dims first (faster than one var_mean
             # over dims (0, 2, 3) on CPU); sums are also what a data-parallel all-reduce needs.
             flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)  # (B, C, L)
-            # sums in float32 at least, also under autocast to a 16-bit type (a no-op for float32 inputs)
-            flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
+            flat = at_least_float32(flat)  # sums in float32 also under autocast to a 16-bit type
             image_s1, image_s2 = flat.sum(dim=2), (flat * flat).sum(dim=2)
             s1, s2 = image_s1.sum(dim=0), image_s2.sum(dim=0)
             count = torch.tensor(float(flat.shape[0] * flat.shape[2]), device=x.device)

@@ -21,7 +21,7 @@ from torch import nn
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
 from generators.augment import random_jitter, random_resized_crop, scaled_shift
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder
+from generators.bn_stats import BN_LOSSES, BNStatsRecorder, at_least_float32
 from generators.network import normalize
 from generators.quality import capture_penultimate
 
@@ -177,11 +177,6 @@ def within_class_similarity(features: torch.Tensor, classes: torch.Tensor) -> to
     return per_class.sum() / kept.sum().clamp_min(1)
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """x in float32 if autocast left it in a 16-bit type; float32 and float64 as they are."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def check_precision(config: RefineConfig, device: torch.device) -> None:
     """Refuse a refinement precision the device cannot run: bfloat16 needs a CPU or a GPU with native
     bfloat16 (emulated, it is slower than float32)."""
@@ -228,10 +223,10 @@ def optimize_logits(
         cast = torch.autocast(logits.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with BNStatsRecorder(teacher) as rec, spread as features, cast:
             out = teacher(normalize(jittered, spec.mean, spec.std))
-        out = _at_least_float32(out)
+        out = at_least_float32(out)
         loss = config.bn_weight * bn_loss(rec.stats)
         if config.spread_weight:
-            loss = loss + config.spread_weight * within_class_similarity(_at_least_float32(features[-1]),
+            loss = loss + config.spread_weight * within_class_similarity(at_least_float32(features[-1]),
                                                                          out.detach().argmax(1))
         if config.ce_weight:
             loss = loss + config.ce_weight * F.cross_entropy(out, labels)

@@ -104,6 +104,11 @@ def test_reconstruct_from_generator(generator_dir, weights_dir, cifar_test_dir, 
     assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", str(weights_dir / "resnet20-12fca82f.th"),
                        "--source", f"generator:{generator_dir}", "--refine-ce-weight", "-0.5", "--out", str(tmp_path / "bad")]) == 2
     assert "refinement loss weights must be finite and >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a precision refinement does not offer: argparse's usage error
+        train_main(["quantize", "--model", "cifar10_resnet20", "--source", f"generator:{generator_dir}",
+                    "--refine-precision", "float16", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # every refusal above before anything was written
 
 
 def test_reconstruct_on_the_calibration_images(generator_dir, weights_dir, tmp_path, capsys, monkeypatch):
