@@ -16,6 +16,12 @@ line, its paired difference from line K (the table's # column): the mean over th
 `--value` tabulates another figure of the rows instead of the drop: the agreement with the teacher, the drop's two
 parts (`broken`: % of images the teacher gets right and the student wrong; `fixed`: the reverse) or `output_kl`
 (the student's mean KL from the teacher's outputs); rows written before a figure existed are left out.
+
+`--any-steps` makes rows that differ only in the step count of their label one line: the noise control at equal
+CPU seconds gets its refinement steps matched to each seed's generator row (`noise(141 steps)`, `noise(142
+steps)`, ...), and is one pipeline over those seeds (`noise(* steps)`). The steps of each row stay in the file.
+
+    python -m bench.seed_table runs/bench_ablation_report/results.json --split report --any-steps --against 1
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ DECIMALS = {"drop": 2, "agreement": 2, "broken": 2, "fixed": 2, "output_kl": 4} 
 
 def seed_table(rows: list[dict], *, split: str | None = None, method: str | None = None, contains: str = "",
                model: str | None = None, setting: str | None = None, against: int | None = None,
-               value: str = "drop") -> str:
+               value: str = "drop", any_steps: bool = False) -> str:
     """A markdown table of drops (or of another of the rows' figures, `value`, a key of DECIMALS; rows without it
     are left out): a numbered line per (results file when rows carry one, setting, pipeline, generator or pixel
     set (`images_of`), split), a column per seed, and the mean. `against`: the 1-based line to add paired
-    differences from (see the module's text).
+    differences from (see the module's text). any_steps: "(N steps)" in a pipeline's label counts as
+    "(* steps)", so that rows of one pipeline whose steps were matched by seed make one line.
 
     Raises:
         ValueError: no row matches the filters, two rows give one line the same seed, `against` names no
@@ -52,7 +59,8 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
                 or contains not in r["pipeline"] or (model and r["model"] != model)
                 or (setting and r["setting"] != setting)):
             continue
-        key = (r.get("results", ""), r["setting"], r["pipeline"], images_of(r), r.get("split", "?"))
+        pipeline = re.sub(r"\(\d+ steps\)", "(* steps)", r["pipeline"]) if any_steps else r["pipeline"]
+        key = (r.get("results", ""), r["setting"], pipeline, images_of(r), r.get("split", "?"))
         if r["seed"] in groups[key]:
             raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, or "
                              "the same row in two files read with --merge): narrow with --model, or read the files "
@@ -113,6 +121,9 @@ def main(argv=None) -> None:
     p.add_argument("--merge", action="store_true", help="read several files as one pool of rows")
     p.add_argument("--against", type=int, help="add each line's paired difference from this line (1-based)")
     p.add_argument("--value", choices=tuple(DECIMALS), default="drop", help="the figure to tabulate (default: drop)")
+    p.add_argument("--any-steps", action="store_true",
+                   help="rows whose labels differ only in '(N steps)' make one line (the noise control's steps, "
+                        "matched to each seed's seconds)")
     args = p.parse_args(argv)
     rows = []
     labels = [Path(path).parent.name for path in args.results]
@@ -126,7 +137,8 @@ def main(argv=None) -> None:
         rows += [r | {"results": tag} for r in read_rows(path)]
     try:
         print(seed_table(rows, split=args.split, method=args.method, contains=args.contains, model=args.model,
-                         setting=args.setting, against=args.against, value=args.value))
+                         setting=args.setting, against=args.against, value=args.value,
+                         any_steps=args.any_steps))
     except ValueError as exc:
         p.error(str(exc))
 

@@ -112,3 +112,18 @@ def test_another_figure_than_the_drop_with_its_places_and_rows_without_it_left_o
         seed_table(rows, value="fixed")
     with pytest.raises(ValueError, match="unknown value 'top5'"):
         seed_table(rows, value="top5")
+
+
+def test_any_steps_makes_the_matched_noise_rows_one_line_paired_with_the_generators():
+    rows = [{"model": "m", "setting": "W4A4:paper", "method": m, "pipeline": p, "split": "report", "seed": s, "drop": d}
+            for m, p, s, d in (("gznq", "gznq", 0, -0.3), ("gznq", "gznq", 1, -0.1),
+                               ("noise", "noise(141 steps)", 0, -0.1), ("noise", "noise(130 steps)", 1, -0.5),
+                               ("noise", "noise(64 steps)[x]", 0, 0.4))]
+    apart = seed_table(rows).splitlines()
+    assert len(apart) == 2 + 4  # without it each step count is its own line
+    lines = seed_table(rows, any_steps=True, against=1).splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[2] == "| 1 | W4A4:paper | gznq | - | report | -0.30 | -0.10 | -0.20 (n=2) | +0.00 +- 0.00 (n=2) |"
+    # noise - gznq: +0.2 and -0.4: mean -0.1, SE 0.3
+    assert lines[3] == "| 2 | W4A4:paper | noise(* steps) | - | report | -0.10 | -0.50 | -0.30 (n=2) | -0.10 +- 0.30 (n=2) |"
+    assert lines[4].startswith("| 3 | W4A4:paper | noise(* steps)[x] |")  # another pipeline stays apart
