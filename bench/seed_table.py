@@ -19,7 +19,7 @@ parts (`broken`: % of images the teacher gets right and the student wrong; `fixe
 
 `--any-steps` makes rows that differ only in the step count of their label one line: the noise control at equal
 CPU seconds gets its refinement steps matched to each seed's generator row (`noise(141 steps)`, `noise(142
-steps)`, ...), and is one pipeline over those seeds (`noise(* steps)`). The steps of each row stay in the file.
+steps)`, ...), and is one pipeline over those seeds, labelled with the counts it pools (`noise(141,142 steps)`).
 
     python -m bench.seed_table runs/bench_ablation_report/results.json --split report --any-steps --against 1
 """
@@ -44,8 +44,9 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     """A markdown table of drops (or of another of the rows' figures, `value`, a key of DECIMALS; rows without it
     are left out): a numbered line per (results file when rows carry one, setting, pipeline, generator or pixel
     set (`images_of`), split), a column per seed, and the mean. `against`: the 1-based line to add paired
-    differences from (see the module's text). any_steps: "(N steps)" in a pipeline's label counts as
-    "(* steps)", so that rows of one pipeline whose steps were matched by seed make one line.
+    differences from (see the module's text). any_steps: "(N steps)" in a pipeline's label counts as any
+    count, so that rows of one pipeline whose steps were matched by seed make one line, labelled with the
+    counts it pools ("(130,141 steps)").
 
     Raises:
         ValueError: no row matches the filters, two rows give one line the same seed, `against` names no
@@ -54,6 +55,7 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     if value not in DECIMALS:
         raise ValueError(f"unknown value {value!r}; choose one of {', '.join(DECIMALS)}")
     groups: dict[tuple, dict[int, float]] = defaultdict(dict)
+    steps: dict[tuple, set[str]] = defaultdict(set)  # the step counts a line pools (any_steps)
     for r in rows:
         if (r.get(value) is None or (split and r.get("split") != split) or (method and r["method"] != method)
                 or contains not in r["pipeline"] or (model and r["model"] != model)
@@ -62,10 +64,11 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
         pipeline = re.sub(r"\(\d+ steps\)", "(* steps)", r["pipeline"]) if any_steps else r["pipeline"]
         key = (r.get("results", ""), r["setting"], pipeline, images_of(r), r.get("split", "?"))
         if r["seed"] in groups[key]:
-            raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, or "
-                             "the same row in two files read with --merge): narrow with --model, or read the files "
-                             "apart")
+            raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, "
+                             "the same row in two files read with --merge, or rows of other steps pooled by "
+                             "--any-steps): narrow with --model, or read the files apart")
         groups[key][r["seed"]] = r[value]
+        steps[key] |= set(re.findall(r"\((\d+) steps\)", r["pipeline"]))
     if not groups:
         raise ValueError(f"no rows {'' if value == 'drop' else f'with {value} '}match; check --split, --method, "
                          "--contains, --setting and --model")
@@ -82,6 +85,9 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
         cells = [str(number)] + (list(key) if several else list(key[1:]))
+        if any_steps and steps[key]:  # name the counts pooled: noise(130,141,142 steps)
+            counts = ",".join(sorted(steps[key], key=int))
+            cells[-3] = cells[-3].replace("(* steps)", f"({counts} steps)")
         cells += [f"{drops[s]:.{places}f}" if s in drops else "-" for s in seeds]
         cells.append(f"{statistics.fmean(drops.values()):.{places}f} (n={len(drops)})")
         if against:

@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from bench.seed_table import seed_table
+from bench.seed_table import main, seed_table
 
 ROWS = [
     {"model": "m", "setting": "W4A4:paper", "method": "gznq", "pipeline": "a", "drop": 1.0, "seed": 0, "split": "report"},
@@ -125,5 +127,17 @@ def test_any_steps_makes_the_matched_noise_rows_one_line_paired_with_the_generat
     assert len(lines) == 2 + 3
     assert lines[2] == "| 1 | W4A4:paper | gznq | - | report | -0.30 | -0.10 | -0.20 (n=2) | +0.00 +- 0.00 (n=2) |"
     # noise - gznq: +0.2 and -0.4: mean -0.1, SE 0.3
-    assert lines[3] == "| 2 | W4A4:paper | noise(* steps) | - | report | -0.10 | -0.50 | -0.30 (n=2) | -0.10 +- 0.30 (n=2) |"
-    assert lines[4].startswith("| 3 | W4A4:paper | noise(* steps)[x] |")  # another pipeline stays apart
+    assert lines[3] == "| 2 | W4A4:paper | noise(130,141 steps) | - | report | -0.10 | -0.50 | -0.30 (n=2) | -0.10 +- 0.30 (n=2) |"
+    assert lines[4].startswith("| 3 | W4A4:paper | noise(64 steps)[x] |")  # another pipeline stays apart
+    rows.append(dict(rows[2], pipeline="noise(150 steps)"))  # a second seed-0 noise row, pooled with the first
+    with pytest.raises(ValueError, match="pooled by --any-steps"):
+        seed_table(rows, any_steps=True)
+
+
+def test_the_command_passes_any_steps_on(tmp_path, capsys):
+    rows = [{"model": "m", "setting": "W4A4:paper", "method": "noise", "pipeline": f"noise({n} steps)",
+             "split": "report", "seed": s, "drop": d} for s, n, d in ((0, 141, -0.1), (1, 142, -0.5))]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"rows": rows}))
+    main([str(path), "--any-steps"])
+    assert "| 1 | W4A4:paper | noise(141,142 steps) | - | report | -0.10 | -0.50 | -0.30 (n=2) |" in capsys.readouterr().out
