@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.common import pixel_set_of, read_rows
 
+STEPS = re.compile(r"\((\d+) steps\)")  # "(141 steps)" in a pipeline's label: what --any-steps pools
 DECIMALS = {"drop": 2, "agreement": 2, "broken": 2, "fixed": 2, "output_kl": 4}  # the figures, with the places shown
 
 
@@ -61,14 +62,14 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
                 or contains not in r["pipeline"] or (model and r["model"] != model)
                 or (setting and r["setting"] != setting)):
             continue
-        pipeline = re.sub(r"\(\d+ steps\)", "(* steps)", r["pipeline"]) if any_steps else r["pipeline"]
+        pipeline = STEPS.sub("(* steps)", r["pipeline"]) if any_steps else r["pipeline"]
         key = (r.get("results", ""), r["setting"], pipeline, images_of(r), r.get("split", "?"))
         if r["seed"] in groups[key]:
             raise ValueError(f"two rows for seed {r['seed']} of {' / '.join(k for k in key if k)} (two teachers, "
                              "the same row in two files read with --merge, or rows of other steps pooled by "
                              "--any-steps): narrow with --model, or read the files apart")
         groups[key][r["seed"]] = r[value]
-        steps[key] |= set(re.findall(r"\((\d+) steps\)", r["pipeline"]))
+        steps[key] |= set(STEPS.findall(r["pipeline"]))
     if not groups:
         raise ValueError(f"no rows {'' if value == 'drop' else f'with {value} '}match; check --split, --method, "
                          "--contains, --setting and --model")
@@ -84,10 +85,10 @@ def seed_table(rows: list[dict], *, split: str | None = None, method: str | None
     places = DECIMALS[value]
     for number, key in enumerate(lines_keys, 1):
         drops = groups[key]
-        cells = [str(number)] + (list(key) if several else list(key[1:]))
-        if any_steps and steps[key]:  # name the counts pooled: noise(130,141,142 steps)
-            counts = ",".join(sorted(steps[key], key=int))
-            cells[-3] = cells[-3].replace("(* steps)", f"({counts} steps)")
+        results, line_setting, pipeline, images, line_split = key
+        if steps[key] and any_steps:  # name the counts pooled: noise(130,141,142 steps)
+            pipeline = pipeline.replace("(* steps)", f"({','.join(sorted(steps[key], key=int))} steps)")
+        cells = [str(number)] + ([results] if several else []) + [line_setting, pipeline, images, line_split]
         cells += [f"{drops[s]:.{places}f}" if s in drops else "-" for s in seeds]
         cells.append(f"{statistics.fmean(drops.values()):.{places}f} (n={len(drops)})")
         if against:
