@@ -26,6 +26,7 @@ from generators.network import normalize
 from generators.quality import capture_penultimate
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # the teacher's autocast dtype (None: none)
+SPACES = ("pixels", "generator")  # what refinement optimizes: the pixels, or the latents and a generator's copy
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class RefineConfig:
     this project's AMX CPU a 64-step ResNet-20 set took about a quarter less time, and the students tied on the
     drop but agreed with their teacher less (three seeds; docs/benchmarks.md, "Refinement steps at 4 bits, and
     refinement in bfloat16"), so float32 stays the default.
+    space: what the steps optimize. "pixels" (the default): each image's pixel logits, as above. "generator": each
+    batch's latents (at rate lr) and a private copy of the generator's weights (at rate weight_lr; 0 leaves them
+    and optimizes the latents alone), so that the images stay the generator's outputs
+    (`generators.generator_refine`); it needs a generator source, and the pixel-only options (crop_scale,
+    start_logit_scale, tv_weight, boundary_share, spread_weight) do not apply: crop_scale is ignored, the others
+    are refused unless at their defaults. A step costs about 1.4 pixel steps (ResNet-20, one thread).
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -86,6 +93,8 @@ class RefineConfig:
     start_logit_scale: float = 1.0
     spread_weight: float = 0.0
     precision: str = "float32"
+    space: str = "pixels"
+    weight_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.bn_loss not in BN_LOSSES:
@@ -109,6 +118,16 @@ class RefineConfig:
             raise ValueError(f"start_logit_scale must be a positive number, got {self.start_logit_scale}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown refinement precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.space not in SPACES:
+            raise ValueError(f"unknown refinement space {self.space!r}; choose one of {', '.join(SPACES)}")
+        if not (math.isfinite(self.weight_lr) and self.weight_lr >= 0):
+            raise ValueError(f"weight_lr must be a finite number >= 0, got {self.weight_lr}")
+        if self.space == "generator":
+            pixel_only = {"tv_weight": 0.0, "boundary_share": 0.0, "spread_weight": 0.0, "start_logit_scale": 1.0}
+            set_ = [f"{k}={getattr(self, k)}" for k, v in pixel_only.items() if getattr(self, k) != v]
+            if set_:
+                raise ValueError(f"{', '.join(set_)} act on pixels; refinement through the generator (space="
+                                 f"'generator') has none: leave them at their defaults or refine in space='pixels'")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")

@@ -86,9 +86,9 @@ class SyntheticStream(IterableDataset):
         rank, world = _rank_and_world()
         return rank * nworkers + wid, world * nworkers
 
-    @torch.no_grad()  # not inference_mode: students train on these images with autograd
-    def make_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `index` of this stream: (images, labels) on the stream's device."""
+    def draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+        """The draws behind batch `index`: (latents, labels) on the stream's device and the generator of its
+        pixel noise, seeded by (seed, index) alone."""
         rng = torch.Generator().manual_seed(batch_seed(self.seed, index))
         n, k = self.batch_size, len(self.classes)
         order = (torch.arange(n) + index * n) % k  # even coverage across consecutive batches
@@ -97,16 +97,22 @@ class SyntheticStream(IterableDataset):
         noise_rng = rng
         if self.device.type != "cpu":
             noise_rng = torch.Generator(device=self.device).manual_seed(batch_seed(self.seed, index) ^ 0x5EED)
+        return z.to(self.device), labels.to(self.device), noise_rng
+
+    @torch.no_grad()  # not inference_mode: students train on these images with autograd
+    def make_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `index` of this stream: (images, labels) on the stream's device."""
+        z, labels, noise_rng = self.draw(index)
         self.generator.to(self.device)
         was_training = self.generator.training
         self.generator.eval()
         try:
-            images = self.generator(z.to(self.device), labels.to(self.device), generator=noise_rng)
+            images = self.generator(z, labels, generator=noise_rng)
         finally:
             self.generator.train(was_training)
         if self.normalized:
             images = normalize(images, self.mean, self.std)
-        return images, labels.to(self.device)
+        return images, labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         consumer, consumers = self._consumer()

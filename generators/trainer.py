@@ -50,13 +50,16 @@ from generators.posterior import LatentPosterior, latent_nll
 from generators.quality import capture_penultimate
 
 
+DIVERSITY_SPACES = ("pixel", "feature", "pooled")
+
+
 @dataclass(frozen=True)
 class GeneratorTrainConfig:
     """Generator training. Loss = ce_weight * CE + bn_weight * BN + class_bn_weight * per-class BN of the
     first class_bn_layers BN layers the image reaches + info_weight * latent NLL under q(z | x) (read from
     the image pooled to info_size) + diversity_weight * mode seeking + tv_weight * TV. diversity_space: mode seeking on the
     teacher's penultimate features ("feature"), the images ("pixel") or the images pooled to info_size
-    ("pooled").
+    ("pooled"), or the sum of such terms in several spaces ("pooled+feature").
 
     Where the defaults come from (bench/generator_bench.py, samples judged on training images; then the
     quantized student on the select half of the test images, docs/benchmarks.md "The generator re-made"):
@@ -96,8 +99,10 @@ class GeneratorTrainConfig:
             raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
-        if self.diversity_space not in ("pixel", "feature", "pooled"):
-            raise ValueError(f"diversity_space must be 'pixel', 'feature' or 'pooled', got {self.diversity_space!r}")
+        spaces = self.diversity_space.split("+")
+        if not set(spaces) <= set(DIVERSITY_SPACES) or len(set(spaces)) != len(spaces):
+            raise ValueError(f"diversity_space must be one of {', '.join(map(repr, DIVERSITY_SPACES))} or several "
+                             f"of them joined by '+' (e.g. 'pooled+feature'), got {self.diversity_space!r}")
         weights = (self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
                    self.input_weight, self.tv_weight)
         if not all(math.isfinite(w) and w >= 0 for w in weights):
@@ -178,7 +183,8 @@ class GeneratorObjective(nn.Module):
         c = self.config
         jittered = random_jitter(x, max_shift=scaled_shift(c.max_shift, x.shape[-1]), flip=c.flip, generator=rng,
                                  rows=rows, batch=batch)
-        feature_div = c.diversity_weight and c.diversity_space == "feature"
+        spaces = c.diversity_space.split("+")
+        feature_div = c.diversity_weight and "feature" in spaces
         zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
                 capture_penultimate(self.teacher, detach=False) if feature_div else contextlib.nullcontext() as feats:
@@ -192,10 +198,11 @@ class GeneratorObjective(nn.Module):
                                 reduce_sums=self.reduce_sums) if c.input_weight else zero
         div = zero
         if c.diversity_weight:
-            pairs = (feats[-1] if c.diversity_space == "feature" else x if c.diversity_space == "pixel"
-                     else F.adaptive_avg_pool2d(x, c.info_size))
             half = x.shape[0] // 2
-            div = mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:])
+            for space in spaces:  # one mode-seeking term per space, summed
+                pairs = (feats[-1] if space == "feature" else x if space == "pixel"
+                         else F.adaptive_avg_pool2d(x, c.info_size))
+                div = div + mode_seeking_loss(pairs[:half], pairs[half:], z[:half], z[half:])
         tv = total_variation(x) if c.tv_weight else zero
         total = (c.ce_weight * ce + c.bn_weight * bn + c.class_bn_weight * class_bn + c.info_weight * info
                  + c.input_weight * inputs + c.diversity_weight * div + c.tv_weight * tv)

@@ -27,6 +27,7 @@ from dfq.data import real_calibration_loader
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
 from generators.checkpoint import load_generator, teacher_fingerprint
+from generators.generator_refine import refined_stream
 from generators.network import normalize
 from generators.pixel_opt import load_pixels
 from generators.refine import RefineConfig, RefinedBatches
@@ -94,6 +95,9 @@ def open_source(
         return real_calibration_loader(source.path, spec, num_images=num_images, batch_size=batch_size, seed=seed,
                                        num_workers=num_workers)
     device = next(teacher.parameters()).device
+    if refining and refine.space == "generator" and source.kind != "generator":
+        raise ValueError(f"refinement through the generator (refine.space='generator') needs a generator source, "
+                         f"not {source.kind}:; refine its pixels (space='pixels') instead")
     if source.kind == "noise":
         noise = NoiseBatches(spec, batch_size=batch_size, num_batches=math.ceil(num_images / batch_size), seed=seed,
                              device=device)
@@ -102,7 +106,7 @@ def open_source(
         generator, _ = load_generator(source.path, teacher_name=teacher_name, teacher=teacher, device=device)
         stream = SyntheticStream(generator, spec.mean, spec.std, batch_size=batch_size, seed=seed,
                                  num_batches=math.ceil(num_images / batch_size), device=device, normalized=not refining)
-        return RefinedBatches(stream, teacher, spec, refine, seed=seed) if refining else stream
+        return refined_stream(stream, teacher, spec, refine, seed=seed) if refining else stream
     images, labels, _ = load_pixels(source.path, teacher_name=teacher_name)
     if num_images > len(labels):
         raise ValueError(f"asked for {num_images} images but the pixel set {source.path} holds {len(labels)}")
@@ -162,7 +166,8 @@ class RefineKey:
         if r is None:
             return "None"
         kept = [f for f in dataclasses.fields(r)
-                if f.repr and (f.name in FIRST_KEYED_REFINE_FIELDS or getattr(r, f.name) != f.default)]
+                if f.repr and (f.name in FIRST_KEYED_REFINE_FIELDS or getattr(r, f.name) != f.default
+                               or (f.name == "weight_lr" and r.space == "generator"))]  # its rate, default or not
         return f"{type(r).__name__}(" + ", ".join(f"{f.name}={getattr(r, f.name)!r}" for f in kept) + ")"
 
 

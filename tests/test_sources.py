@@ -68,16 +68,19 @@ def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults()
     from gznq.sources import RefineKey
 
     plain = RefineConfig(steps=10)
-    later = ", start_logit_scale=1.0, spread_weight=0.0, precision='float32'"
+    later = ", start_logit_scale=1.0, spread_weight=0.0, precision='float32', space='pixels', weight_lr=0.001"
     assert later in repr(plain)
     before = repr(plain).replace(later, "")  # the repr before those fields existed
     assert "start_logit_scale" not in before and "precision" not in before and repr(RefineKey(plain)) == before
     assert repr(RefineKey(plain)).startswith("RefineConfig(steps=10, lr=0.05, bn_loss='kl'")
     scaled = dataclasses.replace(plain, start_logit_scale=0.4)
-    assert repr(RefineKey(scaled)) == repr(scaled).replace(", spread_weight=0.0, precision='float32'", "")
+    assert repr(RefineKey(scaled)) == repr(scaled).replace(
+        ", spread_weight=0.0, precision='float32', space='pixels', weight_lr=0.001", "")
     assert "start_logit_scale=0.4" in repr(RefineKey(scaled))
     spread = dataclasses.replace(plain, spread_weight=0.02)
     assert repr(RefineKey(spread)).endswith("crop_scale=0.25, spread_weight=0.02)")
     bf16 = dataclasses.replace(plain, precision="bfloat16")
     assert repr(RefineKey(bf16)).endswith("crop_scale=0.25, precision='bfloat16')")
     assert repr(RefineKey(None)) == "None"
+    through = dataclasses.replace(plain, space="generator")  # its weight rate keyed even at the default
+    assert repr(RefineKey(through)).endswith("crop_scale=0.25, space='generator', weight_lr=0.001)")

@@ -15,9 +15,9 @@ from dfq.models import SpecOverrides, create_teacher
 from generators.bn_stats import BN_LOSSES
 from generators.checkpoint import META_FILE as GENERATOR_META
 from generators.checkpoint import check_teacher, load_generator, read_generator_meta
+from generators.generator_refine import refined_stream
 from generators.network import GeneratorConfig
 from generators.pixel_opt import PIXELS_FILE, PIXELS_META, PixelOptConfig, optimize_pixels, save_pixels
-from generators.refine import RefinedBatches
 from generators.stream import SyntheticStream
 from generators.trainer import GeneratorTrainConfig, train_generator
 from gznq.cli.common import (
@@ -148,7 +148,7 @@ def run_sample(args: argparse.Namespace) -> None:
                                        overrides=SpecOverrides.from_dict(meta.get("input_spec")))
         teacher.to(args.device)
         check_teacher(meta, teacher=teacher, path=args.generator)  # refuses other weights
-        stream = RefinedBatches(stream, teacher, spec, refine, seed=args.seed, normalized=False)
+        stream = refined_stream(stream, teacher, spec, refine, seed=args.seed, normalized=False)
     digits = len(str(generator.config.num_classes - 1))
     written = 0
     try:

@@ -224,3 +224,22 @@ def test_bad_generator_terms_and_a_bare_noise_source_are_refused_before_any_work
                        "--out", str(tmp_path / "student")])
     assert code == 2 and "the noise source only starts refinement" in capsys.readouterr().err
     assert not (tmp_path / "student").exists() and not (tmp_path / "student.partial").exists()
+
+
+def test_refinement_through_the_generator_from_the_command_line(generator_dir, weights_dir, tmp_path, capsys):
+    ckpt = str(weights_dir / "resnet20-12fca82f.th")
+    common = ["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", f"generator:{generator_dir}",
+              "--calib-images", "32", "--batch-size", "16", "--method", "calibrate", "--refine-steps", "2"]
+    code = train_main([*common, "--refine-space", "generator", "--refine-weight-lr", "0.002", "--out",
+                       str(tmp_path / "g")])
+    assert code == 0, capsys.readouterr().err
+    metadata = json.loads((tmp_path / "g" / "student.json").read_text())["metadata"]
+    assert metadata["refine_space"] == "generator" and metadata["refine_weight_lr"] == 0.002
+    assert train_main([*common, "--refine-space", "generator", "--refine-weight-lr", "-1", "--out",
+                       str(tmp_path / "bad")]) == 2
+    assert "weight_lr must be a finite number >= 0" in capsys.readouterr().err
+    assert train_main(["quantize", "--model", "cifar10_resnet20", "--checkpoint", ckpt, "--source", "noise",
+                       "--calib-images", "32", "--refine-steps", "2", "--refine-space", "generator", "--out",
+                       str(tmp_path / "bad")]) == 2
+    assert "needs a generator source, not noise:" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -148,6 +148,22 @@ def test_objective_with_latent_and_class_terms_adds_them_and_trains_the_posterio
         _config(diversity_space="latent")
 
 
+def test_mode_seeking_in_several_spaces_is_the_sum_of_the_single_space_terms():
+    teacher, generator = tiny_teacher(), ConditionalGenerator(GEN)
+
+    def div(space):
+        _, parts = GeneratorObjective(teacher, TINY_SPEC, _config(diversity_space=space))(
+            generator, torch.Generator().manual_seed(0))
+        return parts["div"]
+
+    pooled, feature = div("pooled"), div("feature")
+    assert pooled > 0 and feature > 0 and pooled != pytest.approx(feature)
+    assert div("pooled+feature") == pytest.approx(pooled + feature, rel=1e-5)
+    for bad in ("pooled+pooled", "pooled+latent", "pooled,feature", ""):
+        with pytest.raises(ValueError, match="joined by '\\+'"):
+            _config(diversity_space=bad)
+
+
 def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normalization(tmp_path):
     """The input-statistics term: off by default (0 in the parts), added with its weight when on, and training
     with it brings the normalized images' per-channel statistics toward mean 0, variance 1."""
