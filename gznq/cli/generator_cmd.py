@@ -52,9 +52,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--bn-weight", type=float, default=_TRAIN_DEFAULTS.bn_weight, help="weight of the BN loss")
     p.add_argument("--diversity-weight", type=float, default=_TRAIN_DEFAULTS.diversity_weight,
                    help="weight of the mode-seeking term (different latents, different images)")
-    p.add_argument("--diversity-space", default=_TRAIN_DEFAULTS.diversity_space, choices=["pooled", "feature", "pixel"],
-                   help="where mode seeking measures the difference of two images: pooled to 8x8, the teacher's "
-                        "penultimate features, or full-resolution pixels")
+    p.add_argument("--diversity-space", default=_TRAIN_DEFAULTS.diversity_space,
+                   help="where mode seeking measures the difference of two images: pooled (to 8x8), feature (the "
+                        "teacher's penultimate features) or pixel (full resolution); several joined by '+' "
+                        "(pooled+feature) add one term each")
     p.add_argument("--ce-weight", type=float, default=_TRAIN_DEFAULTS.ce_weight,
                    help="weight of the teacher's cross-entropy on each image's class")
     p.add_argument("--class-bn-weight", type=float, default=_TRAIN_DEFAULTS.class_bn_weight,

@@ -217,8 +217,10 @@ def test_bad_generator_terms_and_a_bare_noise_source_are_refused_before_any_work
     assert not out.exists()
     with pytest.raises(SystemExit):
         train_main(["generator", "--model", "cifar10_resnet20", "--class-bn-layers", "0", "--out", str(out)])
-    with pytest.raises(SystemExit):
-        train_main(["generator", "--model", "cifar10_resnet20", "--diversity-space", "latent", "--out", str(out)])
+    for bad in ("latent", "pooled+latent"):
+        code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint",
+                           str(weights_dir / "resnet20-12fca82f.th"), "--diversity-space", bad, "--out", str(out)])
+        assert code == 2 and f"joined by '+' (e.g. 'pooled+feature'), got '{bad}'" in capsys.readouterr().err
     assert not out.exists()
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "noise", "--refine-steps", "0",
                        "--out", str(tmp_path / "student")])
