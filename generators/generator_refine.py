@@ -10,20 +10,16 @@ generator starts trained rather than from scratch). The trained generator itself
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dfq.models.spec import InputSpec
 from dfq.modes import frozen
-from generators.augment import random_jitter, scaled_shift
-from generators.bn_stats import BN_LOSSES, BNStatsRecorder, at_least_float32
 from generators.network import ConditionalGenerator, normalize
-from generators.refine import PRECISIONS, RefineConfig, RefinedBatches, _steps, check_precision
+from generators.refine import RefineConfig, RefinedBatches, check_precision, refinement_loss, steps_of
 from generators.stream import SyntheticStream, batch_seed
 
 JITTER_SALT = 0x717E5  # batch i's jitter: its own seed, apart from its latents' and pixel noise's
@@ -41,39 +37,33 @@ def refine_through_generator(
     jitter: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Images in [0, 1] of one batch made by optimizing `latents` (B, latent_dim) and a copy of `generator`
-    for `config.steps` Adam steps (rates `config.lr` for the latents, `config.weight_lr` for the weights, both
-    cosine-annealed to 0) against the teacher's BN loss of the whole batch (and, with `config.ce_weight`, its
-    cross-entropy on `labels`), the images jittered before the teacher as in pixel refinement. `noise` draws the
-    generator's pixel noise (on the generator's device), `jitter` the jitter (a CPU generator). 0 steps returns
-    the copy's samples for `latents` (its batch statistics on).
+    (moved to the latents' device) for `config.steps` Adam steps, rates `config.lr` for the latents and
+    `config.weight_lr` for the weights (0: the weights stay as trained and only the latents move), both
+    cosine-annealed to 0, against `refinement_loss` (the teacher's BN loss of the whole batch and, with
+    `config.ce_weight`, its cross-entropy on `labels`; the images jittered before the teacher as in pixel
+    refinement). The copy's BatchNorm uses the batch's statistics, as in training. `noise` draws the generator's
+    pixel noise (on the latents' device), afresh at every step and for the images returned; `jitter` the jitter
+    (a CPU generator). 0 steps returns the copy's samples for `latents` (batch statistics; the stream's samples use
+    the running ones).
 
     Raises:
-        ValueError: a batch of one, or non-finite images.
+        ValueError: a batch of one, a precision the device cannot run (`check_precision`) or non-finite images.
     """
     if len(latents) < 2:
         raise ValueError("refinement matches a batch's BatchNorm statistics; it needs at least 2 images")
-    steps = _steps(config)
+    steps = steps_of(config)
     check_precision(config, latents.device)
-    copy_ = copy.deepcopy(generator).train()  # batch statistics in its BatchNorm, as in training
+    copy_ = copy.deepcopy(generator).to(latents.device).train()
+    weights = list(copy_.parameters()) if config.weight_lr > 0 else []
     for p in copy_.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(bool(weights))
     z = latents.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([{"params": [z], "lr": config.lr},
-                            {"params": list(copy_.parameters()), "lr": config.weight_lr}])
+    groups = [{"params": [z], "lr": config.lr}] + ([{"params": weights, "lr": config.weight_lr}] if weights else [])
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    bn_loss = BN_LOSSES[config.bn_loss]
-    dtype = PRECISIONS[config.precision]
     with frozen(teacher), torch.enable_grad():
         for _ in range(steps):
-            x = copy_(z, labels, generator=noise)
-            jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
-                                     generator=jitter)
-            cast = torch.autocast(z.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with BNStatsRecorder(teacher) as rec, cast:
-                out = teacher(normalize(jittered, spec.mean, spec.std))
-            loss = config.bn_weight * bn_loss(rec.stats)
-            if config.ce_weight:
-                loss = loss + config.ce_weight * F.cross_entropy(at_least_float32(out), labels)
+            loss = refinement_loss(teacher, spec, copy_(z, labels, generator=noise), labels, config, generator=jitter)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -102,7 +92,7 @@ class GeneratorRefinedBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         s = self.stream
-        for index in range(s.start, s.start + s.num_batches):
+        for index in s.indices():  # this process's and worker's share, as the stream deals them
             z, labels, noise = s.draw(index)
             jitter = torch.Generator().manual_seed(batch_seed(s.seed, index) ^ JITTER_SALT)
             images = refine_through_generator(self.teacher, self.spec, s.generator, z, labels, self.config,
@@ -111,7 +101,7 @@ class GeneratorRefinedBatches:
 
 
 def refined_stream(stream: SyntheticStream, teacher: nn.Module, spec: InputSpec, config: RefineConfig, *, seed: int,
-                   normalized: bool = True):
+                   normalized: bool = True) -> RefinedBatches | GeneratorRefinedBatches:
     """A generator's stream of a set number of batches refined as `config.space` says: its pixels
     (`RefinedBatches`, jitter seeded by `seed`) or through the generator (`GeneratorRefinedBatches`)."""
     if config.space == "generator":

@@ -10,6 +10,7 @@ does, at a fraction of its cost (it starts from an image, not from noise).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from generators.quality import capture_penultimate
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}  # the teacher's autocast dtype (None: none)
 SPACES = ("pixels", "generator")  # what refinement optimizes: the pixels, or the latents and a generator's copy
+PIXEL_ONLY = ("crop_scale", "start_logit_scale", "tv_weight", "boundary_share", "spread_weight")  # not in "generator"
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,13 @@ class RefineConfig:
     space: what the steps optimize. "pixels" (the default): each image's pixel logits, as above. "generator": each
     batch's latents (at rate lr) and a private copy of the generator's weights (at rate weight_lr; 0 leaves them
     and optimizes the latents alone), so that the images stay the generator's outputs
-    (`generators.generator_refine`); it needs a generator source, and the pixel-only options (crop_scale,
-    start_logit_scale, tv_weight, boundary_share, spread_weight) do not apply: crop_scale is ignored, the others
-    are refused unless at their defaults. A step costs about 1.4 pixel steps (ResNet-20, one thread).
+    (`generators.generator_refine`); it needs a generator source, and the options that act on pixels
+    (`PIXEL_ONLY`: crop_scale, start_logit_scale, tv_weight, boundary_share, spread_weight) are refused unless at
+    their defaults, where they do nothing; weight_lr is refused in space "pixels". The generator's pixel noise
+    is drawn afresh at every step, as in its training, and for the images handed out. A step cost about 1.45
+    pixel steps for ResNet-20 on one thread (docs/benchmarks.md, "Design changes tried on `select`"). Not the
+    default: at the seconds of 64 pixel steps it was 0.14 +- 0.16 ahead of them at W4A4 `paper` on `select`
+    (three seeds), within noise, and still behind noise refined for the generator's seconds (same section).
 
     Where the defaults come from: crop_scale and ce_weight were re-checked on the selection split of the
     shared test images with ResNet-20 (two seeds each, `python -m bench.dfq_bench --split select --only
@@ -122,12 +128,15 @@ class RefineConfig:
             raise ValueError(f"unknown refinement space {self.space!r}; choose one of {', '.join(SPACES)}")
         if not (math.isfinite(self.weight_lr) and self.weight_lr >= 0):
             raise ValueError(f"weight_lr must be a finite number >= 0, got {self.weight_lr}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         if self.space == "generator":
-            pixel_only = {"tv_weight": 0.0, "boundary_share": 0.0, "spread_weight": 0.0, "start_logit_scale": 1.0}
-            set_ = [f"{k}={getattr(self, k)}" for k, v in pixel_only.items() if getattr(self, k) != v]
-            if set_:
-                raise ValueError(f"{', '.join(set_)} act on pixels; refinement through the generator (space="
+            changed = [f"{k}={getattr(self, k)}" for k in PIXEL_ONLY if getattr(self, k) != defaults[k]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} act on pixels; refinement through the generator (space="
                                  f"'generator') has none: leave them at their defaults or refine in space='pixels'")
+        elif self.weight_lr != defaults["weight_lr"]:
+            raise ValueError(f"weight_lr={self.weight_lr} is the rate of the generator's weights when refining "
+                             f"through it: give space='generator' (--refine-space generator) with it, or leave it out")
         if not 0 < self.crop_scale <= 1:
             raise ValueError(f"crop_scale is the smallest share of an image a start crop keeps, in (0, 1]; "
                              f"got {self.crop_scale}")
@@ -155,7 +164,7 @@ def default_refine_steps(w_bits: int, a_bits: int) -> int:
     return 50 if low <= 3 else 64 if low == 4 else 10
 
 
-def _steps(config: RefineConfig) -> int:
+def steps_of(config: RefineConfig) -> int:
     """The config's steps, or where they were left open (None) those of a setting at 5 bits and more."""
     return default_refine_steps(8, 8) if config.steps is None else config.steps
 
@@ -227,36 +236,43 @@ def optimize_logits(
     Returns:
         (images in [0, 1], detached; the last step's loss, or nan for 0 steps).
     """
-    steps = _steps(config)
+    steps = steps_of(config)
     logits = logits.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    bn_loss = BN_LOSSES[config.bn_loss]
-    dtype = PRECISIONS[config.precision]
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
-        x = torch.sigmoid(logits)
-        jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
-                                 generator=generator)
-        spread = capture_penultimate(teacher, detach=False) if config.spread_weight else contextlib.nullcontext()
-        cast = torch.autocast(logits.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with BNStatsRecorder(teacher) as rec, spread as features, cast:
-            out = teacher(normalize(jittered, spec.mean, spec.std))
-        out = at_least_float32(out)
-        loss = config.bn_weight * bn_loss(rec.stats)
-        if config.spread_weight:
-            loss = loss + config.spread_weight * within_class_similarity(at_least_float32(features[-1]),
-                                                                         out.detach().argmax(1))
-        if config.ce_weight:
-            loss = loss + config.ce_weight * F.cross_entropy(out, labels)
-        if config.tv_weight:
-            loss = loss + config.tv_weight * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-                                              + (x[..., 1:] - x[..., :-1]).abs().mean())
+        loss = refinement_loss(teacher, spec, torch.sigmoid(logits), labels, config, generator=generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     return torch.sigmoid(logits.detach()), float(loss.detach())
+
+
+def refinement_loss(teacher: nn.Module, spec: InputSpec, x: torch.Tensor, labels: torch.Tensor, config: RefineConfig,
+                    *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One refinement step's loss of images `x` in [0, 1]: jittered (`generator` draws the jitter), through the
+    teacher (under autocast where `config.precision` asks), the weighted BN loss of the whole batch, within-class
+    spread, cross-entropy on `labels` and total variation, each where its weight is not 0."""
+    jittered = random_jitter(x, max_shift=scaled_shift(config.max_shift, x.shape[-1]), flip=config.flip,
+                             generator=generator)
+    spread = capture_penultimate(teacher, detach=False) if config.spread_weight else contextlib.nullcontext()
+    dtype = PRECISIONS[config.precision]
+    cast = torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with BNStatsRecorder(teacher) as rec, spread as features, cast:
+        out = teacher(normalize(jittered, spec.mean, spec.std))
+    out = at_least_float32(out)
+    loss = config.bn_weight * BN_LOSSES[config.bn_loss](rec.stats)
+    if config.spread_weight:
+        loss = loss + config.spread_weight * within_class_similarity(at_least_float32(features[-1]),
+                                                                     out.detach().argmax(1))
+    if config.ce_weight:
+        loss = loss + config.ce_weight * F.cross_entropy(out, labels)
+    if config.tv_weight:
+        loss = loss + config.tv_weight * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+                                          + (x[..., 1:] - x[..., :-1]).abs().mean())
+    return loss
 
 
 def refine_images(
@@ -281,7 +297,7 @@ def refine_images(
         raise ValueError("refine_images takes pixels in [0, 1], not normalized images")
     if len(images) < 2:
         raise ValueError("refinement matches a batch's BatchNorm statistics; it needs at least 2 images")
-    if _steps(config) == 0:
+    if steps_of(config) == 0:
         return images
     check_precision(config, images.device)
     eps = 1e-4  # keeps the logits of saturated pixels finite

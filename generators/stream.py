@@ -114,10 +114,15 @@ class SyntheticStream(IterableDataset):
             images = normalize(images, self.mean, self.std)
         return images, labels
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def indices(self) -> Iterator[int]:
+        """The indices of the batches this consumer (DataLoader worker, distributed rank) takes, in order."""
         consumer, consumers = self._consumer()
         index = self.start + consumer
         end = None if self.num_batches is None else self.start + self.num_batches
         while end is None or index < end:
-            yield self.make_batch(index)
+            yield index
             index += consumers
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in self.indices():
+            yield self.make_batch(index)

@@ -49,8 +49,7 @@ from generators.parallel import local_rows, synced_batchnorm
 from generators.posterior import LatentPosterior, latent_nll
 from generators.quality import capture_penultimate
 
-
-DIVERSITY_SPACES = ("pixel", "feature", "pooled")
+DIVERSITY_SPACES = ("pooled", "feature", "pixel")  # several are joined by "+" in this order
 
 
 @dataclass(frozen=True)
@@ -100,9 +99,10 @@ class GeneratorTrainConfig:
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
         spaces = self.diversity_space.split("+")
-        if not set(spaces) <= set(DIVERSITY_SPACES) or len(set(spaces)) != len(spaces):
+        if not set(spaces) <= set(DIVERSITY_SPACES) or spaces != sorted(set(spaces), key=DIVERSITY_SPACES.index):
             raise ValueError(f"diversity_space must be one of {', '.join(map(repr, DIVERSITY_SPACES))} or several "
-                             f"of them joined by '+' (e.g. 'pooled+feature'), got {self.diversity_space!r}")
+                             f"of them joined by '+' in that order (e.g. 'pooled+feature'), got "
+                             f"{self.diversity_space!r}")
         weights = (self.info_weight, self.class_bn_weight, self.diversity_weight, self.ce_weight, self.bn_weight,
                    self.input_weight, self.tv_weight)
         if not all(math.isfinite(w) and w >= 0 for w in weights):

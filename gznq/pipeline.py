@@ -399,11 +399,12 @@ def _metadata(c: PipelineConfig, source, refine: RefineConfig | None, options, d
     metadata = {"method": ",".join(c.methods), "source": str(source), "calib_images": c.calib_images,
                 "batch_size": c.batch_size, "seed": c.seed, "teacher_checkpoint": c.checkpoint, **data}
     if refine is not None:
-        metadata.update(refine_steps=refine.steps, refine_crop_scale=refine.crop_scale,
-                        refine_ce_weight=refine.ce_weight, refine_precision=refine.precision,
-                        refine_space=refine.space)
-        if refine.space == "generator":
+        metadata.update(refine_steps=refine.steps, refine_ce_weight=refine.ce_weight,
+                        refine_precision=refine.precision, refine_space=refine.space)
+        if refine.space == "generator":  # the crops of pixel refinement do not apply
             metadata["refine_weight_lr"] = refine.weight_lr
+        else:
+            metadata["refine_crop_scale"] = refine.crop_scale
     if "reconstruct" in c.methods:
         metadata.update(recon_images=c.recon_images or (c.calib_images if c.recon_from_calib else 1024),
                         recon_iters=c.recon.iterations, recon_drop=c.recon.drop_prob,

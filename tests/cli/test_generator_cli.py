@@ -220,7 +220,7 @@ def test_bad_generator_terms_and_a_bare_noise_source_are_refused_before_any_work
     for bad in ("latent", "pooled+latent"):
         code = train_main(["generator", "--model", "cifar10_resnet20", "--checkpoint",
                            str(weights_dir / "resnet20-12fca82f.th"), "--diversity-space", bad, "--out", str(out)])
-        assert code == 2 and f"joined by '+' (e.g. 'pooled+feature'), got '{bad}'" in capsys.readouterr().err
+        assert code == 2 and f"joined by '+' in that order (e.g. 'pooled+feature'), got '{bad}'" in capsys.readouterr().err
     assert not out.exists()
     code = train_main(["quantize", "--model", "cifar10_resnet20", "--source", "noise", "--refine-steps", "0",
                        "--out", str(tmp_path / "student")])
@@ -237,6 +237,9 @@ def test_refinement_through_the_generator_from_the_command_line(generator_dir, w
     assert code == 0, capsys.readouterr().err
     metadata = json.loads((tmp_path / "g" / "student.json").read_text())["metadata"]
     assert metadata["refine_space"] == "generator" and metadata["refine_weight_lr"] == 0.002
+    assert "refine_crop_scale" not in metadata  # the crops are pixel refinement's
+    assert train_main([*common, "--refine-weight-lr", "0.002", "--out", str(tmp_path / "bad")]) == 2
+    assert "give space='generator' (--refine-space generator) with it" in capsys.readouterr().err
     assert train_main([*common, "--refine-space", "generator", "--refine-weight-lr", "-1", "--out",
                        str(tmp_path / "bad")]) == 2
     assert "weight_lr must be a finite number >= 0" in capsys.readouterr().err

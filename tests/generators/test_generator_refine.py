@@ -38,19 +38,29 @@ def test_refining_through_the_generator_lowers_the_bn_loss_and_leaves_generator_
     assert not generator.training
 
 
-def test_the_latents_alone_can_be_refined_and_both_rates_move_the_images():
+def test_the_latents_alone_can_be_refined_and_both_rates_move_the_images(monkeypatch):
     teacher, generator = tiny_teacher(), _generator()
     z, labels, _ = _stream(generator).draw(0)
+    groups = []
+    adam = torch.optim.Adam
 
-    def run(lr, weight_lr):
+    def spy(params, *args, **kwargs):
+        groups.append([len(g["params"]) for g in params])
+        return adam(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+
+    def run(lr, weight_lr):  # the same pixel noise and jitter draws in every run
         return refine_through_generator(teacher, TINY_SPEC, generator, z, labels,
                                         RefineConfig(steps=5, lr=lr, weight_lr=weight_lr, space="generator"),
                                         noise=torch.Generator().manual_seed(1), jitter=torch.Generator().manual_seed(2))
 
-    latents_only, weights_too = run(0.1, 0.0), run(0.1, 1e-2)
-    start = run(1e-12, 0.0)  # rates too small to move anything: the copy's samples
-    assert (latents_only - start).abs().max() > 1e-3
-    assert (weights_too - latents_only).abs().max() > 1e-3
+    still = run(1e-12, 0.0)  # rates too small to move anything
+    latents_only, weights_only = run(0.1, 0.0), run(1e-12, 1e-2)
+    assert (latents_only - still).abs().max() > 1e-3
+    assert (weights_only - still).abs().max() > 1e-3
+    n_weights = len(list(generator.parameters()))
+    assert groups == [[1], [1], [1, n_weights]]  # weight_lr 0: the weights are not even in the optimizer
 
 
 def test_generator_refined_batches_repeat_exactly_and_come_out_normalized():
@@ -70,7 +80,7 @@ def test_generator_refined_batches_repeat_exactly_and_come_out_normalized():
         GeneratorRefinedBatches(_stream(generator, num_batches=None), teacher, TINY_SPEC, config)
 
 
-def test_the_space_is_checked_and_refused_where_it_cannot_apply(tmp_path):
+def test_the_space_is_checked_and_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="unknown refinement space 'latent'"):
         RefineConfig(space="latent")
     for bad in (-1e-3, float("nan")):
@@ -78,6 +88,10 @@ def test_the_space_is_checked_and_refused_where_it_cannot_apply(tmp_path):
             RefineConfig(weight_lr=bad)
     with pytest.raises(ValueError, match=r"spread_weight=0.1 act on pixels; .*space='pixels'"):
         RefineConfig(space="generator", spread_weight=0.1)
+    with pytest.raises(ValueError, match=r"crop_scale=0.5, start_logit_scale=0.4 act on pixels"):
+        RefineConfig(space="generator", crop_scale=0.5, start_logit_scale=0.4)
+    with pytest.raises(ValueError, match=r"weight_lr=0.01 is the rate of the generator's weights .*space='generator'"):
+        RefineConfig(weight_lr=0.01)
     with pytest.raises(ValueError, match="needs a generator source, not noise:"):
         open_source(Source("noise", None), teacher=tiny_teacher(), teacher_name="tiny", spec=TINY_SPEC, num_images=16,
                     batch_size=16, refine=RefineConfig(steps=2, space="generator"))
@@ -101,4 +115,17 @@ def test_a_generator_source_refined_in_generator_space_gives_the_generator_refin
     stream = SyntheticStream(trained, TINY_SPEC.mean, TINY_SPEC.std, batch_size=16, seed=3, num_batches=2,
                              normalized=False)
     for (a, ya), (b, yb) in zip(opened, GeneratorRefinedBatches(stream, teacher, TINY_SPEC, config)):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_each_process_refines_only_its_share_of_the_batches(monkeypatch):
+    """Under several processes the stream deals batch i to process i mod N; refinement through the generator
+    must refine that share, not every batch in every process."""
+    teacher, generator = tiny_teacher(), _generator()
+    config = RefineConfig(steps=2, space="generator")
+    alone = list(GeneratorRefinedBatches(_stream(generator, num_batches=4), teacher, TINY_SPEC, config))
+    monkeypatch.setattr("generators.stream._rank_and_world", lambda: (1, 2))
+    second = list(GeneratorRefinedBatches(_stream(generator, num_batches=4), teacher, TINY_SPEC, config))
+    assert len(second) == 2
+    for (a, ya), (b, yb) in zip(second, alone[1::2]):
         assert torch.equal(a, b) and torch.equal(ya, yb)

@@ -159,7 +159,7 @@ def test_mode_seeking_in_several_spaces_is_the_sum_of_the_single_space_terms():
     pooled, feature = div("pooled"), div("feature")
     assert pooled > 0 and feature > 0 and pooled != pytest.approx(feature)
     assert div("pooled+feature") == pytest.approx(pooled + feature, rel=1e-5)
-    for bad in ("pooled+pooled", "pooled+latent", "pooled,feature", ""):
+    for bad in ("pooled+pooled", "pooled+latent", "pooled,feature", "", "feature+pooled"):
         with pytest.raises(ValueError, match="joined by '\\+'"):
             _config(diversity_space=bad)
 
