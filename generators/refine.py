@@ -157,7 +157,8 @@ def default_refine_steps(w_bits: int, a_bits: int) -> int:
     4 bits, and refinement in bfloat16").
     3 bits: with a generator of today's options (`runs/gen_bench400/p_cbn800`), seeds 0 and 1, W3A3 `paper`
     lost 3.46 at 10 steps and 2.74 at 50 (100 steps with the shipped generator: better on one seed, worse on the
-    other; "The generator re-made"). 64 was not tried at 3 bits.
+    other; "The generator re-made"). 64 against 50 with `runs/generator_r20_v2`, seeds 0 to 2: no difference
+    resolved, -0.03 +- 0.42 ("Design changes tried on `select`").
     5 bits and more: not measured; they keep the 10 steps that were the choice for 4 bits and more before 4
     bits' own measurement above."""
     low = min(w_bits, a_bits)
