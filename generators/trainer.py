@@ -98,7 +98,7 @@ class GeneratorTrainConfig:
             raise ValueError(f"unknown BN loss {self.bn_loss!r}; choose one of {', '.join(BN_LOSSES)}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
-        spaces = self.diversity_space.split("+")
+        spaces = list(self.diversity_spaces)
         if not set(spaces) <= set(DIVERSITY_SPACES) or spaces != sorted(set(spaces), key=DIVERSITY_SPACES.index):
             raise ValueError(f"diversity_space must be one of {', '.join(map(repr, DIVERSITY_SPACES))} or several "
                              f"of them joined by '+' in that order (e.g. 'pooled+feature'), got "
@@ -111,6 +111,11 @@ class GeneratorTrainConfig:
             raise ValueError("info_size and class_bn_layers must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
+
+    @property
+    def diversity_spaces(self) -> tuple[str, ...]:
+        """The spaces of `diversity_space`, one mode-seeking term each."""
+        return tuple(self.diversity_space.split("+"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,7 +188,7 @@ class GeneratorObjective(nn.Module):
         c = self.config
         jittered = random_jitter(x, max_shift=scaled_shift(c.max_shift, x.shape[-1]), flip=c.flip, generator=rng,
                                  rows=rows, batch=batch)
-        spaces = c.diversity_space.split("+")
+        spaces = c.diversity_spaces
         feature_div = c.diversity_weight and "feature" in spaces
         zero = x.new_zeros(())
         with BNStatsRecorder(self.teacher, reduce_sums=self.reduce_sums) as rec, \
