@@ -19,7 +19,7 @@ from generators.checkpoint import load_generator
 from generators.network import ConditionalGenerator, GeneratorConfig, normalize
 from generators.parallel import local_rows
 from generators.pixel_opt import load_pixels
-from gznq.distill import Distiller, DistillConfig, run_distillation
+from gznq.distill import DistillConfig, Distiller, run_distillation
 from gznq.sources import Source
 
 STATE_FILE = "distill_state.pt"

@@ -147,16 +147,20 @@ def check_source(source: Source) -> None:
     raise FileNotFoundError(f"source {str(source)!r}: {str(source.path)!r} does not exist; expected {make}")
 
 
-# the RefineConfig fields the image cache's keys were first written with; every field added since is in the key
-# only when it is not at its default, so that sets cached before it existed are still found (a new field needs
-# no entry here)
+# the RefineConfig fields the image cache's keys were first written with, always in the key
 FIRST_KEYED_REFINE_FIELDS = ("steps", "lr", "bn_loss", "bn_weight", "ce_weight", "tv_weight", "max_shift", "flip",
                              "boundary_share", "boundary_min", "crop_scale")
+# every field added since, with its value when it was added: the key leaves such a field out at that value, so
+# that sets cached before it existed are still found, and holds it at any other value, its default of today
+# included, so that changing a default later can never let an old set be read as a new one. A new RefineConfig
+# field needs an entry here (RefineKey refuses a field in neither).
+LATER_REFINE_FIELDS_FIRST_VALUE = {"start_logit_scale": 1.0, "spread_weight": 0.0, "precision": "float32",
+                                   "space": "pixels", "weight_lr": 1e-3}
 
 
 class RefineKey:
     """A RefineConfig as the cache key spells it: its repr, less the fields added after FIRST_KEYED_REFINE_FIELDS
-    that are left at their defaults."""
+    that hold the value they had when they were added (LATER_REFINE_FIELDS_FIRST_VALUE)."""
 
     def __init__(self, refine: RefineConfig | None) -> None:
         self.refine = refine
@@ -165,9 +169,17 @@ class RefineKey:
         r = self.refine
         if r is None:
             return "None"
-        kept = [f for f in dataclasses.fields(r)
-                if f.repr and (f.name in FIRST_KEYED_REFINE_FIELDS or getattr(r, f.name) != f.default
-                               or (f.name == "weight_lr" and r.space == "generator"))]  # its rate, default or not
+        kept = []
+        for f in dataclasses.fields(r):
+            if not f.repr:
+                continue
+            if f.name not in FIRST_KEYED_REFINE_FIELDS and f.name not in LATER_REFINE_FIELDS_FIRST_VALUE:
+                raise RuntimeError(f"RefineConfig.{f.name} is in neither FIRST_KEYED_REFINE_FIELDS nor "
+                                   "LATER_REFINE_FIELDS_FIRST_VALUE of gznq/sources.py: add it to the latter with "
+                                   "its default, so that the image cache keys it")
+            if (f.name in FIRST_KEYED_REFINE_FIELDS
+                    or getattr(r, f.name) != LATER_REFINE_FIELDS_FIRST_VALUE[f.name]):
+                kept.append(f)
         return f"{type(r).__name__}(" + ", ".join(f"{f.name}={getattr(r, f.name)!r}" for f in kept) + ")"
 
 

@@ -82,5 +82,22 @@ def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults()
     bf16 = dataclasses.replace(plain, precision="bfloat16")
     assert repr(RefineKey(bf16)).endswith("crop_scale=0.25, precision='bfloat16')")
     assert repr(RefineKey(None)) == "None"
-    through = dataclasses.replace(plain, space="generator")  # its weight rate keyed even at the default
-    assert repr(RefineKey(through)).endswith("crop_scale=0.25, space='generator', weight_lr=0.001)")
+    through = dataclasses.replace(plain, space="generator")
+    assert repr(RefineKey(through)).endswith("crop_scale=0.25, space='generator')")
+    faster = dataclasses.replace(through, weight_lr=0.01)
+    assert repr(RefineKey(faster)).endswith("crop_scale=0.25, space='generator', weight_lr=0.01)")
+
+
+def test_the_cache_key_holds_a_later_field_whose_default_changed(monkeypatch):
+    """A later field is left out at the value it had when it was added, not at today's default: had precision
+    been added as bfloat16, today's float32 sets would be keyed apart from the sets cached then."""
+    from gznq import sources
+
+    plain = RefineConfig(steps=10)
+    assert "precision" not in repr(sources.RefineKey(plain))
+    monkeypatch.setitem(sources.LATER_REFINE_FIELDS_FIRST_VALUE, "precision", "bfloat16")
+    assert repr(sources.RefineKey(plain)).endswith("crop_scale=0.25, precision='float32')")
+    assert "precision" not in repr(sources.RefineKey(dataclasses.replace(plain, precision="bfloat16")))
+    monkeypatch.delitem(sources.LATER_REFINE_FIELDS_FIRST_VALUE, "precision")
+    with pytest.raises(RuntimeError, match="RefineConfig.precision is in neither"):
+        repr(sources.RefineKey(plain))

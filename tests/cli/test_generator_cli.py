@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from generators.refine import RefineConfig
 from gznq.cli.eval_cli import main as eval_main
 from gznq.cli.train_cli import main as train_main
-from generators.refine import RefineConfig
 
 
 def test_generator_run_writes_checkpoint_logs_and_grid(generator_dir):
