@@ -153,7 +153,8 @@ FIRST_KEYED_REFINE_FIELDS = ("steps", "lr", "bn_loss", "bn_weight", "ce_weight",
 # every field added since, with its value when it was added: the key leaves such a field out at that value, so
 # that sets cached before it existed are still found, and holds it at any other value, its default of today
 # included, so that changing a default later can never let an old set be read as a new one. A new RefineConfig
-# field needs an entry here (RefineKey refuses a field in neither).
+# field needs an entry here (RefineKey refuses a field in neither); the values are history, never to be edited.
+# (Sets refined through the generator before this rule had weight_lr=0.001 in their key and are made again.)
 LATER_REFINE_FIELDS_FIRST_VALUE = {"start_logit_scale": 1.0, "spread_weight": 0.0, "precision": "float32",
                                    "space": "pixels", "weight_lr": 1e-3}
 
@@ -170,9 +171,7 @@ class RefineKey:
         if r is None:
             return "None"
         kept = []
-        for f in dataclasses.fields(r):
-            if not f.repr:
-                continue
+        for f in dataclasses.fields(r):  # every field, repr or not: a field the key left out could be misread
             if f.name not in FIRST_KEYED_REFINE_FIELDS and f.name not in LATER_REFINE_FIELDS_FIRST_VALUE:
                 raise RuntimeError(f"RefineConfig.{f.name} is in neither FIRST_KEYED_REFINE_FIELDS nor "
                                    "LATER_REFINE_FIELDS_FIRST_VALUE of gznq/sources.py: add it to the latter with "

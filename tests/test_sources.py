@@ -60,8 +60,8 @@ def test_refinement_steps_left_open_are_chosen_by_the_setting():
         RefineConfig(steps=-1)
 
 
-def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_defaults():
-    """Sets cached before start_logit_scale existed keep their key; a set refined with another scale gets its own."""
+def test_the_cache_key_of_refinement_leaves_out_later_fields_at_their_first_values():
+    """Sets cached before the later fields existed keep their key; a set refined with another value gets its own."""
     import dataclasses
 
     from generators.refine import RefineConfig
@@ -101,3 +101,16 @@ def test_the_cache_key_holds_a_later_field_whose_default_changed(monkeypatch):
     monkeypatch.delitem(sources.LATER_REFINE_FIELDS_FIRST_VALUE, "precision")
     with pytest.raises(RuntimeError, match="RefineConfig.precision is in neither"):
         repr(sources.RefineKey(plain))
+
+
+def test_the_cache_key_tables_are_history():
+    """The first values are what each field was when it was added (its commit), whatever its default is today,
+    and no field is in both tables; an old set's key, written out, is still what the key spells."""
+    from gznq import sources
+
+    assert sources.LATER_REFINE_FIELDS_FIRST_VALUE == {"start_logit_scale": 1.0, "spread_weight": 0.0,
+                                                        "precision": "float32", "space": "pixels", "weight_lr": 1e-3}
+    assert not set(sources.FIRST_KEYED_REFINE_FIELDS) & sources.LATER_REFINE_FIELDS_FIRST_VALUE.keys()
+    assert repr(sources.RefineKey(RefineConfig(steps=64))) == (
+        "RefineConfig(steps=64, lr=0.05, bn_loss='kl', bn_weight=1.0, ce_weight=0.0, tv_weight=0.0, max_shift=2, "
+        "flip=True, boundary_share=0.0, boundary_min=0.5, crop_scale=0.25)")
