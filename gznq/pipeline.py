@@ -43,7 +43,7 @@ from gznq.distill import DistillConfig, Distiller
 from gznq.distill_stage import (DISTILL_FILES, STATE_FILE, check_pixel_batch, distill_data, load_distill_state,
                                 run_distill_stage)
 from gznq.outdir import ResultKind, check_output, partial_dir, writing_output
-from gznq.sources import REFINABLE, check_source, image_set, parse_source
+from gznq.sources import LATER_REFINE_FIELDS_FIRST_VALUE, REFINABLE, check_source, image_set, parse_source
 
 METHODS = ("calibrate", "reconstruct", "distill")
 REPORT_FILE = "report.json"
@@ -299,11 +299,14 @@ def _run_defining(c: PipelineConfig) -> dict:
 
 def _with_later_defaults(current, saved):
     """`saved` (a nested config as a run recorded it) with the fields of `current`'s dataclass that it lacks
-    (added to the code after the run started) filled in at their defaults."""
+    (added to the code after the run started) filled in at their defaults; a RefineConfig's at the values they
+    had when they were added (`LATER_REFINE_FIELDS_FIRST_VALUE`: the run ran as they were then, whatever the
+    default is today)."""
     if not (dataclasses.is_dataclass(current) and isinstance(saved, dict)):
         return saved
-    later = {f.name: f.default for f in dataclasses.fields(current)
-             if f.name not in saved and f.default is not dataclasses.MISSING}
+    first = LATER_REFINE_FIELDS_FIRST_VALUE if isinstance(current, RefineConfig) else {}
+    later = {f.name: first.get(f.name, f.default) for f in dataclasses.fields(current)
+             if f.name not in saved and (f.name in first or f.default is not dataclasses.MISSING)}
     return {**saved, **later}
 
 

@@ -45,3 +45,20 @@ def test_a_resumed_run_recorded_before_a_refine_field_existed_is_the_same_run():
     saved["refine"]["crop_scale"] = 1.0  # a field the run did record, changed
     with pytest.raises(ValueError, match=r"started with other options \(refine\)"):
         _check_resumed(config, {"run": {"config": saved}})
+
+
+def test_a_resumed_run_counts_a_missing_refine_field_at_its_first_value(monkeypatch):
+    """Had precision been added as bfloat16 (its first value), a run recorded before it existed refined in
+    bfloat16: resuming it with today's float32 default is another run."""
+    from gznq import sources
+    from gznq.pipeline import _check_resumed, _run_defining
+
+    config = PipelineConfig(source="generator:runs/g", methods=("distill",))
+    saved = _run_defining(config)
+    saved["refine"] = {k: v for k, v in saved["refine"].items() if k != "precision"}
+    _check_resumed(config, {"run": {"config": saved}})
+    monkeypatch.setitem(sources.LATER_REFINE_FIELDS_FIRST_VALUE, "precision", "bfloat16")
+    with pytest.raises(ValueError, match=r"started with other options \(refine\)"):
+        _check_resumed(config, {"run": {"config": saved}})
+    bf16 = dataclasses.replace(config, refine=dataclasses.replace(config.refine, precision="bfloat16"))
+    _check_resumed(bf16, {"run": {"config": saved}})
