@@ -306,7 +306,7 @@ def _with_later_defaults(current, saved):
         return saved
     first = LATER_REFINE_FIELDS_FIRST_VALUE if isinstance(current, RefineConfig) else {}
     later = {f.name: first.get(f.name, f.default) for f in dataclasses.fields(current)
-             if f.name not in saved and (f.name in first or f.default is not dataclasses.MISSING)}
+             if f.name not in saved and f.default is not dataclasses.MISSING}
     return {**saved, **later}
 
 
