@@ -130,11 +130,12 @@ def test_objective_parts_and_schedule():
 
 def test_objective_with_latent_and_class_terms_adds_them_and_trains_the_posterior():
     teacher = tiny_teacher()
-    config = _config(info_weight=0.5, class_bn_weight=2.0, class_bn_layers=2, diversity_space="pooled")
+    config = _config(info_weight=0.5, class_bn_weight=2.0, class_bn_layers=2, diversity_space="pooled",
+                     ce_weight=0.7)
     objective = GeneratorObjective(teacher, TINY_SPEC, config, latent_dim=GEN.latent_dim)
     generator = ConditionalGenerator(GEN)
     loss, parts = objective(generator, torch.Generator().manual_seed(0))
-    expected = (parts["ce"] + parts["bn"] + 2.0 * parts["class_bn"] + 0.5 * parts["info"]
+    expected = (0.7 * parts["ce"] + parts["bn"] + 2.0 * parts["class_bn"] + 0.5 * parts["info"]
                 + config.diversity_weight * parts["div"])
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert parts["class_bn"] > 0 and parts["info"] > 0
@@ -182,9 +183,10 @@ def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normali
     with pytest.raises(ValueError, match=">= 0 and finite"):
         _config(input_weight=float("nan"))
 
-    def input_kl(**kw):
+    def input_kl(**kw):  # the other terms as this test was written with (the defaults before 2026-12-03)
+        config = _config(steps=40, batch_size=32, ce_weight=1.0, diversity_space="pooled", **kw)
         generator = train_generator(teacher, TINY_SPEC, tmp_path / str(kw), teacher_name="tiny", gen_config=GEN,
-                                    config=_config(steps=40, batch_size=32, **kw), progress=False)
+                                    config=config, progress=False)
         z, y = torch.randn(256, 8, generator=torch.Generator().manual_seed(1)), torch.arange(256) % 4
         with torch.no_grad():
             x = generator.eval()(z, y, generator=torch.Generator().manual_seed(2))
