@@ -26,7 +26,7 @@ from dfq import distributed
 from dfq.data import real_calibration_loader
 from dfq.io import atomic_write
 from dfq.models.spec import InputSpec
-from generators.checkpoint import load_generator, teacher_fingerprint
+from generators.checkpoint import WEIGHTS_FILE, load_generator, teacher_fingerprint
 from generators.generator_refine import refined_stream
 from generators.network import normalize
 from generators.pixel_opt import load_pixels
@@ -188,13 +188,17 @@ def image_set(source: Source, *, teacher: nn.Module, teacher_name: str, spec: In
     """`num_images` normalized images of `source` as a list of batches (labels dropped), made with
     `open_source`, and the seconds their making took. With `cache_dir`, a set made before with the same
     teacher, source, count, batch size, seed and refinement is read from there instead (its making's seconds
-    are returned, so that times stay comparable) and a new one is kept there.
+    are returned, so that times stay comparable) and a new one is kept there. A generator source is keyed by
+    its weights as well as its path: one trained again at the same path makes its sets anew.
 
     Returns:
         (batches, seconds of making, whether the set came from the cache).
     """
     key = repr((teacher_name, teacher_fingerprint(teacher), spec, str(source), num_images, batch_size, seed,
                 RefineKey(refine)))
+    weights = source.path / WEIGHTS_FILE if source.kind == "generator" else None
+    if weights is not None and weights.is_file():  # the path alone would serve a generator trained there before
+        key += repr(("generator weights", hashlib.sha256(weights.read_bytes()).hexdigest()[:16]))
     if distributed.world_size() > 1:  # a generator's stream gives each process other batches
         key += repr(("process", distributed.rank(), distributed.world_size()))
     file = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache_dir else None

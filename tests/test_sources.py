@@ -114,3 +114,32 @@ def test_the_cache_key_tables_are_history():
     assert repr(sources.RefineKey(RefineConfig(steps=64))) == (
         "RefineConfig(steps=64, lr=0.05, bn_loss='kl', bn_weight=1.0, ce_weight=0.0, tv_weight=0.0, max_shift=2, "
         "flip=True, boundary_share=0.0, boundary_min=0.5, crop_scale=0.25)")
+
+
+def test_the_image_cache_knows_a_generator_trained_again_at_the_same_path(tmp_path):
+    """A set cached for a generator is not served for another generator later trained at the same path."""
+    import shutil
+
+    from generators.trainer import GeneratorTrainConfig, train_generator
+    from gznq.sources import image_set
+    from tests.generators.test_trainer import GEN
+
+    teacher, path = tiny_teacher(), tmp_path / "g"
+
+    def train(seed):
+        shutil.rmtree(path, ignore_errors=True)
+        train_generator(teacher, TINY_SPEC, path, teacher_name="tiny", gen_config=GEN, progress=False,
+                        config=GeneratorTrainConfig(steps=2, batch_size=8, warmup_steps=1, seed=seed))
+
+    def images():
+        return image_set(parse_source(f"generator:{path}"), teacher=teacher, teacher_name="tiny", spec=TINY_SPEC,
+                         num_images=8, batch_size=8, seed=0, refine=RefineConfig(steps=0),
+                         cache_dir=tmp_path / "cache")
+
+    train(0)
+    first, _, cached = images()
+    assert not cached and images()[2]  # the same generator: read from the cache
+    train(1)
+    second, _, cached = images()
+    assert not cached and not torch.equal(first[0], second[0])
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2

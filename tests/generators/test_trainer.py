@@ -183,7 +183,9 @@ def test_input_term_is_added_with_its_weight_and_pulls_the_images_to_the_normali
     with pytest.raises(ValueError, match=">= 0 and finite"):
         _config(input_weight=float("nan"))
 
-    def input_kl(**kw):  # the other terms as this test was written with (the defaults before 2026-12-03)
+    # the other terms as this test was written with (the defaults before 2026-12-03): under today's, mode
+    # seeking on the tiny teacher's features outweighs the input term in 40 steps (0.21 with it, 0.17 without)
+    def input_kl(**kw):
         config = _config(steps=40, batch_size=32, ce_weight=1.0, diversity_space="pooled", **kw)
         generator = train_generator(teacher, TINY_SPEC, tmp_path / str(kw), teacher_name="tiny", gen_config=GEN,
                                     config=config, progress=False)
@@ -234,3 +236,32 @@ def test_a_run_saved_before_the_new_terms_resumes_without_them(tmp_path):
     assert [r["step"] for r in rows] == [str(i) for i in range(1, 9)]
     assert all(float(r["class_bn"]) == 0.0 and float(r["info"]) == 0.0 for r in rows)
     assert [r["input"] for r in rows[:4]] == [""] * 4 and all(float(r["input"]) == 0.0 for r in rows[4:])
+
+
+def test_a_run_saved_with_the_defaults_before_2026_12_03_resumes_with_them(tmp_path, monkeypatch):
+    """Steps, class-loss weight and mode-seeking space are saved with the run, so a run begun under the old
+    defaults (800 steps, ce_weight 1.0, "pooled") keeps them when resumed under today's."""
+    from generators.checkpoint import STATE_FILE, load_generator
+
+    teacher, out = tiny_teacher(), tmp_path / "g"
+    old = _config(steps=6, ce_weight=1.0, diversity_space="pooled", save_every=2)
+    assert (old.ce_weight, old.diversity_space) != (GeneratorTrainConfig().ce_weight,
+                                                     GeneratorTrainConfig().diversity_space)
+    calls = {"n": 0}
+    original = GeneratorObjective.forward
+
+    def stop_at_step_3(self, generator, rng):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, generator, rng)
+
+    monkeypatch.setattr(GeneratorObjective, "forward", stop_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(teacher, TINY_SPEC, out, teacher_name="tiny", gen_config=GEN, config=old, progress=False)
+    monkeypatch.undo()
+    assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 2
+    train_generator(teacher, TINY_SPEC, out, teacher_name="tiny", resume=True, progress=False)
+    record = load_generator(out, teacher_name="tiny")[1]["record"]
+    assert record["step"] == 6
+    assert (record["train_config"]["ce_weight"], record["train_config"]["diversity_space"]) == (1.0, "pooled")
